@@ -1,0 +1,32 @@
+"""``gramine-*`` console scripts: Gramine's command names and flags over geode's commands."""
+
+from __future__ import annotations
+
+from geode.cli import argv_serializer as _argv
+from geode.cli import manifest as _manifest
+from geode.cli import signing as _signing
+from geode.cli.common import run_single
+
+
+def manifest() -> int:
+    return run_single("gramine-manifest", _manifest.MANIFEST)
+
+
+def manifest_check() -> int:
+    return run_single("gramine-manifest-check", _manifest.MANIFEST_CHECK)
+
+
+def sgx_sign() -> int:
+    return run_single("gramine-sgx-sign", _signing.SIGN)
+
+
+def sgx_gen_private_key() -> int:
+    return run_single("gramine-sgx-gen-private-key", _signing.GEN_KEY)
+
+
+def sgx_sigstruct_view() -> int:
+    return run_single("gramine-sgx-sigstruct-view", _signing.SIGSTRUCT_VIEW)
+
+
+def argv_serializer() -> int:
+    return run_single("gramine-argv-serializer", _argv.COMMAND)

@@ -1,0 +1,48 @@
+"""The ``geode`` command: one subcommand per job; ``gramine-*`` aliases live in gramine.py."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from geode import __version__
+from geode.cli import argv_serializer, manifest, signing
+from geode.cli.common import Command, invoke
+
+COMMANDS: tuple[Command, ...] = (
+    manifest.MANIFEST,
+    manifest.MANIFEST_CHECK,
+    signing.SIGN,
+    signing.GEN_KEY,
+    signing.SIGSTRUCT,
+    signing.MEASURE,
+    signing.IDENTITY,
+    argv_serializer.COMMAND,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="geode",
+        description="Run unmodified Linux programs in a manifest-defined shield "
+        "(Gramine-compatible manifests, signing, trusted and encrypted files).",
+    )
+    parser.add_argument("--version", action="version", version=f"geode {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in COMMANDS:
+        p = sub.add_parser(command.name, help=command.help, description=command.help)
+        command.add_arguments(p)
+        p.set_defaults(_handler=command.handler)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(format="geode: %(message)s", level=logging.WARNING)
+    args = build_parser().parse_args(argv)
+    return invoke("geode", args._handler, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

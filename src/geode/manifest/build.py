@@ -1,0 +1,62 @@
+"""The gramine-manifest pipeline: template -> TOML -> defaults -> trusted files -> check.
+
+Also loading and dumping of rendered manifests, shared by signing and the runtime.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from geode.errors import ManifestError
+from geode.manifest import render, schema, trusted
+from geode.measurement import libos_path
+
+
+def build(
+    template: str,
+    *,
+    defines: Mapping[str, str],
+    name: str = "<string>",
+    chroot: Path | None = None,
+    check: bool = True,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Render ``template`` and return the final manifest (defaults, hashes filled in)."""
+    search_dirs = [Path(name).parent] if name != "<string>" else []
+    text = render.render(template, defines=defines, name=name, search_dirs=search_dirs)
+    manifest = render.parse_toml(text, name=name)
+    if check:
+        schema.check(manifest, source=name)
+    manifest = schema.apply_defaults(manifest, libos_uri=f"file:{libos_path()}")
+    trusted.expand_trusted_files(manifest, chroot=chroot, progress=progress)
+    if check:
+        schema.check(manifest, source=name)
+    return manifest
+
+
+def load(path: Path) -> dict[str, Any]:
+    """Parse a rendered manifest file; errors name the file and the line."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ManifestError(f"cannot read manifest: {e.strerror}", where=str(path)) from None
+    return loads(data, name=str(path))
+
+
+def loads(data: bytes, *, name: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ManifestError(f"not UTF-8 text (byte {e.start})", where=name) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ManifestError(f"invalid TOML: {e}", where=name) from None
+
+
+def dumps(manifest: Mapping[str, Any]) -> bytes:
+    """Serialize a manifest the way Gramine does (TOML via tomli-w)."""
+    return tomli_w.dumps(dict(manifest)).encode("utf-8")

@@ -1,0 +1,123 @@
+"""The Geode measurement: Geode's stand-in for MRENCLAVE.
+
+Gramine measures the enclave by replaying ECREATE/EADD/EEXTEND over the LibOS
+pages and the manifest. Geode has no enclave pages; what decides how a program
+is confined is (a) the runtime that enforces the manifest and (b) the manifest.
+So the measurement is a hash over exactly those two things:
+
+``runtime identity``
+    A canonical UTF-8 text (the *identity file*), one line per component::
+
+        geode-runtime-identity/1
+        python <implementation> <major>.<minor>
+        dist <name> <version>          (each third-party distribution the runtime imports)
+        file <path relative to the geode package> <sha256 hex>   (every *.py of the package)
+
+    Lines after the first are sorted bytewise; every line ends with ``\\n``.
+    Its SHA-256 is the *runtime identity digest*. The file is written to
+    ``libos_path()`` so that Gramine-style templates (``loader.entrypoint.uri =
+    "file:{{ gramine.libos }}"``) pin it: gramine-manifest fills
+    ``loader.entrypoint.sha256`` with the identity digest, exactly as Gramine pins
+    ``libsysdb.so``.
+
+``measurement``
+    ``SHA-256( b"geode-measurement/1\\0" || identity_digest (32 B) ||
+    u64_le(len(manifest)) || manifest bytes )`` where ``manifest bytes`` are the
+    final ``.manifest.sgx`` file as written by ``gramine-sgx-sign``.
+
+Nothing machine-specific (paths, mtimes, host names) enters either hash, so the same
+Geode release, dependency versions and manifest give the same measurement on every
+machine. ``docs/measurement.md`` restates this for independent verifiers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import platform
+import struct
+import sys
+import tempfile
+from functools import cache
+from pathlib import Path
+
+IDENTITY_HEADER = "geode-runtime-identity/1"
+MEASUREMENT_DOMAIN = b"geode-measurement/1\0"
+
+#: Third-party distributions whose code the runtime loads to enforce the manifest.
+#: Their versions (not their installed bytes, which differ per build) are identity.
+RUNTIME_DISTRIBUTIONS = ("cryptography", "pyfuse3", "trio")
+
+_PACKAGE_ROOT = Path(__file__).resolve().parent
+
+
+def _package_files() -> list[tuple[str, str]]:
+    files = []
+    for path in sorted(_PACKAGE_ROOT.rglob("*.py")):
+        rel = path.relative_to(_PACKAGE_ROOT).as_posix()
+        files.append((rel, hashlib.sha256(path.read_bytes()).hexdigest()))
+    return files
+
+
+def _dist_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
+@cache
+def runtime_identity_text() -> str:
+    """The canonical identity file text of the running Geode installation."""
+    lines = [
+        f"python {platform.python_implementation()} "
+        f"{sys.version_info.major}.{sys.version_info.minor}"
+    ]
+    lines += [f"dist {name} {_dist_version(name)}" for name in RUNTIME_DISTRIBUTIONS]
+    lines += [f"file {rel} {digest}" for rel, digest in _package_files()]
+    lines.sort(key=lambda s: s.encode())
+    return "".join(line + "\n" for line in [IDENTITY_HEADER, *lines])
+
+
+def runtime_identity() -> bytes:
+    """SHA-256 of :func:`runtime_identity_text` (32 bytes)."""
+    return hashlib.sha256(runtime_identity_text().encode()).digest()
+
+
+def libos_path() -> Path:
+    """Path of the identity file (Gramine's ``gramine.libos``), (re)written on demand."""
+    from geode.manifest.runtimedir import pkglibdir
+
+    path = pkglibdir() / "libgeode.identity"
+    text = runtime_identity_text().encode()
+    try:
+        if path.read_bytes() == text:
+            return path
+    except OSError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".libgeode.")
+    try:
+        os.write(fd, text)
+        os.fchmod(fd, 0o644)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    return path
+
+
+def measure(manifest_bytes: bytes, identity: bytes | None = None) -> bytes:
+    """The 32-byte Geode measurement of ``manifest_bytes`` under ``identity``.
+
+    ``identity`` defaults to the running installation's runtime identity digest.
+    """
+    if identity is None:
+        identity = runtime_identity()
+    if len(identity) != 32:
+        raise ValueError("runtime identity digest must be 32 bytes")
+    h = hashlib.sha256(MEASUREMENT_DOMAIN)
+    h.update(identity)
+    h.update(struct.pack("<Q", len(manifest_bytes)))
+    h.update(manifest_bytes)
+    return h.digest()
