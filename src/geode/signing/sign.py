@@ -1,0 +1,116 @@
+"""gramine-sgx-sign: expand and re-verify trusted files, measure, and sign a SIGSTRUCT.
+
+Also the reverse check the runtime does before it starts anything: a ``.manifest.sgx``
+and its ``.sig`` belong together (valid SIGSTRUCT, ENCLAVEHASH equal to the Geode
+measurement of the manifest bytes, attributes and ISV ids equal to the manifest's).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hmac
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from geode.errors import GeodeError, SigningError
+from geode.formats import sigstruct
+from geode.manifest import build, schema, trusted
+from geode.measurement import measure
+from geode.signing.attributes import sgx_attributes
+from geode.signing.keys import load_private_key
+
+
+@dataclass(frozen=True)
+class Signed:
+    manifest: dict[str, Any]
+    manifest_bytes: bytes
+    sigstruct: sigstruct.Sigstruct
+    dependencies: list[Path]
+
+
+def parse_date(text: str) -> datetime.date:
+    """``YYYY-MM-DD`` or ``today``, as Gramine's ``--date``."""
+    if text == "today":
+        return datetime.date.today()
+    try:
+        return datetime.date.fromisoformat(text)
+    except ValueError:
+        raise GeodeError(f"bad date {text!r}: expected YYYY-MM-DD or 'today'") from None
+
+
+def default_sigfile(manifest_path: Path) -> Path:
+    """``app.manifest`` -> ``app.sig`` (Gramine's rule), else ``<name>.sig``."""
+    name = manifest_path.name
+    stem = name[: -len(".manifest")] if name.endswith(".manifest") else name
+    return manifest_path.with_name(stem + ".sig")
+
+
+def sign_manifest(
+    manifest_path: Path,
+    *,
+    output: Path,
+    key_path: Path,
+    passphrase: bytes | None = None,
+    sigfile: Path | None = None,
+    date: datetime.date | None = None,
+    chroot: Path | None = None,
+    progress: bool | None = None,
+) -> Signed:
+    """Write ``output`` (.manifest.sgx) and the .sig; both or neither."""
+    from geode.fsutil import output_files
+
+    manifest = build.load(manifest_path)
+    schema.check(manifest, source=str(manifest_path))
+    # Re-hash every trusted file: a file changed since rendering is an error here.
+    trusted.expand_trusted_files(manifest, chroot=chroot, progress=progress)
+    data = build.dumps(manifest)
+    key = load_private_key(key_path, passphrase)
+    day = date or datetime.date.today()
+    unsigned = sgx_attributes(manifest).apply(
+        sigstruct.Sigstruct(
+            date=sigstruct.encode_bcd_date(day.year, day.month, day.day),
+            enclave_hash=measure(data),
+        )
+    )
+    signed = sigstruct.sign(unsigned, key)
+    sigfile = sigfile or default_sigfile(manifest_path)
+    with output_files(output, sigfile) as (tmp_manifest, tmp_sig):
+        tmp_manifest.write_bytes(data)
+        tmp_sig.write_bytes(signed.pack())
+    deps = [_host_path(e["uri"], chroot) for e in manifest["sgx"]["trusted_files"]]
+    return Signed(manifest, data, signed, [*deps, key_path])
+
+
+def _host_path(uri: str, chroot: Path | None) -> Path:
+    path = Path(uri.removeprefix("file:"))
+    return chroot / path.relative_to("/") if chroot and path.is_absolute() else path
+
+
+def check_signed_manifest(
+    manifest_path: Path, sig_path: Path
+) -> tuple[dict[str, Any], sigstruct.Sigstruct]:
+    """Verify that ``sig_path`` signs exactly ``manifest_path`` under this Geode runtime."""
+    try:
+        sig_bytes = sig_path.read_bytes()
+        data = manifest_path.read_bytes()
+    except OSError as e:
+        raise SigningError(f"cannot read: {e.strerror}", where=e.filename) from None
+    result = sigstruct.verify(sig_bytes)
+    if not result.ok:
+        failed = "; ".join(f"{c.name}: {c.reason}" for c in result.failed)
+        raise SigningError(f"invalid SIGSTRUCT ({failed})", where=str(sig_path))
+    sig = result.sigstruct
+    assert sig is not None
+    expected = measure(data)
+    if not hmac.compare_digest(sig.enclave_hash, expected):
+        raise SigningError(
+            f"measurement mismatch: signed {sig.enclave_hash.hex()}, manifest and runtime "
+            f"measure {expected.hex()} (manifest changed, or a different Geode runtime)",
+            where=str(sig_path),
+        )
+    manifest = build.loads(data, name=str(manifest_path))
+    want = sgx_attributes(manifest).apply(sig)
+    if want != sig:
+        raise SigningError("attributes or ISV ids differ from the manifest", where=str(sig_path))
+    return manifest, sig
