@@ -1,0 +1,956 @@
+"""Building the sandbox: namespaces, the root, /proc and /dev, identity, limits, exec.
+
+Process tree::
+
+    supervisor (S)          the geode process: host namespaces, serves the FUSE view (trio)
+    └── outer helper (C)    forked from S while S is single-threaded; unshares user, mount,
+        │                   pid, uts and ipc namespaces; waits for its child, exits with its
+        │                   status
+        └── init (I)        PID 1 of the new pid namespace: builds the root, forks the
+            │               program, reaps every zombie, exits with the program's status
+            └── program (P) execve(libos.entrypoint) after rlimits, ids, seccomp
+
+Why this shape:
+
+* **S stays in the host namespaces.** It reads host files with its own credentials (as root or
+  as the invoking user) and never sees the sandbox's mounts, so no mount can outlive it on the
+  host and S cannot deadlock on its own FUSE file system. It forks C before starting trio or
+  pyfuse3 (before any thread exists) and never calls ``unshare`` itself: Python threads and
+  ``unshare(CLONE_NEWUSER)`` (which requires a single-threaded caller) do not mix, and after
+  ``unshare(CLONE_NEWPID)`` a process can no longer create threads.
+* **C exists because of ``CLONE_NEWPID``**: unsharing a pid namespace affects the caller's
+  *children* only, so the first child of C is PID 1. C is also the only process that can hand
+  S a race-free handle on I (a pidfd, passed over the control socket).
+* **The FUSE mount is made inside the sandbox.** A FUSE file system mounted in a user
+  namespace must be mounted with a ``/dev/fuse`` descriptor opened in that namespace, so C
+  opens ``/dev/fuse`` after ``unshare``, I mounts it, and passes the descriptor to S over
+  ``SCM_RIGHTS``; S serves it with pyfuse3 through libfuse's ``/dev/fd/N`` mountpoint
+  convention (libfuse neither mounts nor unmounts then). The mount exists only in the
+  sandbox's mount namespace and disappears with its last process.
+
+Identity. The program always runs in a fresh user namespace, also when Geode runs as root:
+
+* as an ordinary user, in-namespace ``loader.uid``/``loader.gid`` map to the user's own ids
+  (one id each; ``setgroups`` is denied, as the kernel requires for an unprivileged map);
+* as root, in-namespace ids 0-65535 map to an unprivileged host range (root's range from
+  ``/etc/subuid``/``/etc/subgid`` if there is one, else :data:`DEFAULT_SUBID_BASE`). The
+  program's root is therefore *not* host root: host-root-owned files under ``/proc/sys`` and
+  ``/proc/sysrq-trigger`` are not writable for it, ``RLIMIT_NPROC`` is enforced, and it holds
+  capabilities only over its own namespaces.
+
+Mount order, done by I in its private mount namespace (every mount point is resolved with
+``openat2(RESOLVE_IN_ROOT)`` inside the new root, so a symlink in the view cannot redirect a
+mount)::
+
+    1. "/" made recursively private
+    2. a private staging tmpfs over /tmp (only in this namespace), holding:
+       root/      the FUSE view (or, for tests, a tmpfs assembled from read-only binds)
+       pristine/  a non-recursive clone of root/, used to re-expose view paths that a later
+                  kernel tmpfs would otherwise hide
+    3. the manifest's tmpfs mounts, in manifest order (and view binds for chroot mounts that
+       lie inside an earlier tmpfs)
+    4. a fresh procfs at /proc (mounted by I, hence showing only the sandbox's pid namespace;
+       this must happen while the host's /proc is still visible, as the kernel requires)
+    5. /dev/{null,zero,full,random,urandom,tty}: bind mounts of the host's device nodes onto
+       the view's placeholders; devpts (newinstance, ptmxmode=0666) at /dev/pts and its ptmx
+       bound onto /dev/ptmx; a tmpfs at /dev/shm
+    6. pivot_root into root/, and the old root detached (MNT_DETACH): nothing of the host
+       remains reachable by path
+    7. hostname (UTS namespace), then I installs the seccomp filter before forking P
+
+Lifetime. S never forwards host signals except the one ``sys.enable_sigterm_injection``
+SIGTERM (S signals I, I signals P). C has ``PR_SET_PDEATHSIG(SIGKILL)`` towards S and I towards
+C, so if S dies (even by SIGKILL) C dies, I dies, and the kernel kills everything in the pid
+namespace. When P exits, I exits with P's status (128+signal for a signal), which kills every
+remaining process of the sandbox (daemonized leftovers included): the program's lifetime is
+the sandbox's lifetime. I is non-dumpable, so the program (root in its namespace) cannot
+open ``/proc/1/mem``.
+
+I and P run Python between fork and exec; everything they use is imported at module import
+time, because after ``pivot_root`` the host's Python library is no longer reachable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import resource
+import signal
+import socket
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from geode.errors import GeodeError, ManifestError
+from geode.runtime import seccomp
+from geode.runtime.process import ProcessSpec
+
+__all__ = [
+    "BindRoot",
+    "DEFAULT_SUBID_BASE",
+    "DEV_NODES",
+    "FuseRoot",
+    "IdMapping",
+    "KernelMount",
+    "Sandbox",
+    "SandboxConfig",
+    "SandboxError",
+    "id_mapping",
+    "preflight",
+]
+
+# --------------------------------------------------------------------------------------------
+# Kernel constants and thin ctypes wrappers
+# --------------------------------------------------------------------------------------------
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
+MNT_DETACH = 0x2
+
+PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_IN_ROOT = 0x10
+
+ADDR_NO_RANDOMIZE = 0x0040000
+CLOSE_RANGE_CLOEXEC = 1 << 2
+
+_NR_PIVOT_ROOT = 155
+_NR_CLOSE_RANGE = 436
+_NR_OPENAT2 = 437
+
+#: Host device nodes bound into the sandbox's /dev.
+DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
+#: First host id of the range root's sandboxes map to when /etc/subuid has no entry for root
+#: (inside systemd's "unused" id block, above the range systemd-nspawn allocates from).
+DEFAULT_SUBID_BASE = 0x70000000
+SUBID_RANGE = 65536
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+                        ctypes.c_char_p]
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+                ("resolve", ctypes.c_uint64)]
+
+
+def _oserror(what: str) -> OSError:
+    err = ctypes.get_errno()
+    return OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _unshare(flags: int) -> None:
+    if _libc.unshare(ctypes.c_int(flags)) != 0:
+        raise _oserror("unshare")
+
+
+def _prctl(option: int, arg: int) -> None:
+    if _libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg), ctypes.c_ulong(0),
+                   ctypes.c_ulong(0), ctypes.c_ulong(0)) != 0:
+        raise _oserror("prctl")
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int,
+           data: str | None = None) -> None:
+    rc = _libc.mount(
+        source.encode() if source is not None else None,
+        target.encode(),
+        fstype.encode() if fstype is not None else None,
+        ctypes.c_ulong(flags),
+        data.encode() if data is not None else None,
+    )
+    if rc != 0:
+        raise _oserror("mount")
+
+
+def _umount2(target: str, flags: int) -> None:
+    if _libc.umount2(target.encode(), ctypes.c_int(flags)) != 0:
+        raise _oserror("umount2")
+
+
+def _pivot_root(new_root: str, put_old: str) -> None:
+    if _libc.syscall(ctypes.c_long(_NR_PIVOT_ROOT), new_root.encode(), put_old.encode()) != 0:
+        raise _oserror("pivot_root")
+
+
+def _openat2(dirfd: int, path: str, flags: int, resolve: int) -> int:
+    how = _OpenHow(flags, 0, resolve)
+    fd = _libc.syscall(ctypes.c_long(_NR_OPENAT2), ctypes.c_long(dirfd), path.encode(),
+                       ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+    return int(fd)
+
+
+def _close_range_cloexec(first: int) -> None:
+    if _libc.syscall(ctypes.c_long(_NR_CLOSE_RANGE), ctypes.c_uint(first),
+                     ctypes.c_uint(0xFFFFFFFF), ctypes.c_uint(CLOSE_RANGE_CLOEXEC)) != 0:
+        # very old kernel: mark them one by one
+        for fd in _open_fds():
+            if fd >= first:
+                with contextlib.suppress(OSError):
+                    os.set_inheritable(fd, False)
+
+
+def _open_fds() -> list[int]:
+    return [int(name) for name in os.listdir("/proc/self/fd")]
+
+
+def _close_fds_except(keep: Iterable[int]) -> None:
+    keep_set = set(keep)
+    for fd in _open_fds():
+        if fd not in keep_set:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _fd_path(fd: int) -> str:
+    return f"/proc/self/fd/{fd}"
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------
+
+
+class SandboxError(GeodeError):
+    """The sandbox could not be set up (reported by a helper process)."""
+
+
+@dataclass(frozen=True)
+class IdMapping:
+    """User-namespace id maps, and the in-namespace ids Geode's helpers (C, I) run as."""
+
+    uid_map: str
+    gid_map: str
+    setgroups: str  #: "allow" or "deny"
+    helper_uid: int
+    helper_gid: int
+
+
+@dataclass(frozen=True)
+class KernelMount:
+    """A mount made by the kernel on top of the view, in order.
+
+    ``kind`` is ``"tmpfs"``, or ``"view"`` for a path of the view re-exposed (bind mounted from
+    the pristine view) because an earlier tmpfs covers it."""
+
+    kind: str
+    path: str
+    where: str = ""
+
+
+@dataclass(frozen=True)
+class FuseRoot:
+    """The root is the supervisor's FUSE file system, mounted by PID 1 as
+    ``mount(source, root, fstype, flags, "fd=N,rootmode=40000,user_id=,group_id=," + options)``.
+    """
+
+    options: str = "allow_other"
+    source: str = "geode"
+    fstype: str = "fuse.geode"
+    flags: int = MS_NOSUID | MS_NODEV
+
+
+@dataclass(frozen=True)
+class BindRoot:
+    """A root assembled from read-only bind mounts of host paths onto a tmpfs: ``(host, view)``
+    pairs. For testing the process machinery independently of the FUSE view; it applies no
+    file policy."""
+
+    binds: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    spec: ProcessSpec
+    ids: IdMapping
+    root: FuseRoot | BindRoot = field(default_factory=FuseRoot)
+    mounts: tuple[KernelMount, ...] = ()
+    #: clamped limits actually applied (see :func:`effective_limits`)
+    rlimits: tuple[tuple[int, int], ...] = ()
+
+
+def _subid_base(path: str, names: Iterable[str]) -> int:
+    """First id of the first range of at least SUBID_RANGE ids for one of ``names``."""
+    wanted = set(names)
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                parts = line.strip().split(":")
+                if len(parts) == 3 and parts[0] in wanted:
+                    with contextlib.suppress(ValueError):
+                        start, count = int(parts[1]), int(parts[2])
+                        if count >= SUBID_RANGE and start > 0:
+                            return start
+    except OSError:
+        pass
+    return DEFAULT_SUBID_BASE
+
+
+def id_mapping(uid: int, gid: int) -> IdMapping:
+    """The user-namespace maps for a program running as ``uid``/``gid`` (see module doc)."""
+    if os.geteuid() == 0:
+        for value, key in ((uid, "loader.uid"), (gid, "loader.gid")):
+            if value >= SUBID_RANGE:
+                raise ManifestError(f"must be below {SUBID_RANGE}, got {value}", where=key)
+        ubase = _subid_base("/etc/subuid", ("root", "0"))
+        gbase = _subid_base("/etc/subgid", ("root", "0"))
+        return IdMapping(
+            uid_map=f"0 {ubase} {SUBID_RANGE}\n",
+            gid_map=f"0 {gbase} {SUBID_RANGE}\n",
+            setgroups="allow",
+            helper_uid=0,
+            helper_gid=0,
+        )
+    return IdMapping(
+        uid_map=f"{uid} {os.geteuid()} 1\n",
+        gid_map=f"{gid} {os.getegid()} 1\n",
+        setgroups="deny",
+        helper_uid=uid,
+        helper_gid=gid,
+    )
+
+
+def effective_limits(spec: ProcessSpec, ids: IdMapping) -> tuple[list[tuple[int, int]],
+                                                                 list[str]]:
+    """``(resource, value)`` pairs to apply, clamped to the hard limits this process holds
+    (an unprivileged process cannot raise them), and warnings for each clamp."""
+    lim = spec.limits
+    wanted: list[tuple[int, int, str]] = [
+        (resource.RLIMIT_STACK, lim.stack, "sys.stack.size"),
+        (resource.RLIMIT_NOFILE, lim.nofile, "sys.fds.limit"),
+        (resource.RLIMIT_AS, lim.address_space, "sgx.enclave_size"),
+    ]
+    if lim.tasks is not None:
+        # C and I run as the same (namespace, uid) as the program unless it switches uid.
+        helpers = 2 if spec.uid == ids.helper_uid else 0
+        wanted.append((resource.RLIMIT_NPROC, lim.tasks + helpers, "sgx.max_threads"))
+    out: list[tuple[int, int]] = []
+    warnings: list[str] = []
+    for res, value, key in wanted:
+        _, hard = resource.getrlimit(res)
+        if hard != resource.RLIM_INFINITY and value > hard:
+            warnings.append(f"{key}: {value} exceeds this process's hard limit {hard}; "
+                            f"using {hard}")
+            value = hard
+        if res == resource.RLIMIT_NOFILE:
+            with contextlib.suppress(OSError, ValueError):
+                nr_open = int(Path("/proc/sys/fs/nr_open").read_text())
+                if value > nr_open:
+                    warnings.append(f"{key}: {value} exceeds fs.nr_open {nr_open}; "
+                                    f"using {nr_open}")
+                    value = nr_open
+        out.append((res, value))
+    return out, warnings
+
+
+# --------------------------------------------------------------------------------------------
+# Preflight: say clearly what is missing
+# --------------------------------------------------------------------------------------------
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        return int(Path(path).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def preflight(*, fuse: bool = True) -> None:
+    """Raise one :class:`GeodeError` naming everything this machine lacks for a sandbox."""
+    missing: list[str] = []
+    if not os.path.exists("/proc/self/ns/user"):
+        missing.append("user namespaces (kernel built without CONFIG_USER_NS)")
+    else:
+        max_ns = _read_int("/proc/sys/user/max_user_namespaces")
+        if max_ns == 0:
+            missing.append("user namespaces (user.max_user_namespaces = 0)")
+        elif os.geteuid() != 0:
+            if _read_int("/proc/sys/kernel/unprivileged_userns_clone") == 0:
+                missing.append("unprivileged user namespaces "
+                               "(kernel.unprivileged_userns_clone = 0)")
+            if _read_int("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") == 1:
+                missing.append("unprivileged user namespaces (AppArmor: "
+                               "kernel.apparmor_restrict_unprivileged_userns = 1)")
+    if fuse:
+        if not os.path.exists("/dev/fuse"):
+            missing.append("FUSE (/dev/fuse does not exist; load the fuse module)")
+        elif not os.access("/dev/fuse", os.R_OK | os.W_OK):
+            mode = stat.S_IMODE(os.stat("/dev/fuse").st_mode)
+            missing.append(f"FUSE for this user (/dev/fuse is mode {mode:04o}; "
+                           "distributions normally make it 0666)")
+    if missing:
+        raise GeodeError("cannot build the sandbox on this machine, missing: "
+                         + "; ".join(missing))
+
+
+# --------------------------------------------------------------------------------------------
+# Control-socket protocol (S <-> C, I, P)
+# --------------------------------------------------------------------------------------------
+#
+#   C -> S  b"userns"                 namespaces created; S writes the id maps
+#   S -> C  b"mapped"
+#   C -> S  b"init <pid>" + [pidfd]   PID 1 forked (pid as seen by S), with a pidfd for it
+#   I -> S  b"fuse" + [/dev/fuse fd]  the view is mounted; S must start serving it now
+#   I -> S  b"ready"                  root built, seccomp installed; forking the program
+#   * -> S  b"error <message>"        setup failed; the helper exits
+#   EOF                               every helper closed its end: the program was exec'd
+#                                     (P's end is close-on-exec) or everything exited
+
+_MSG_MAX = 4096
+
+
+class _SetupFailure(Exception):
+    """A setup step failed; the message is user-facing."""
+
+
+def _send(ctl: socket.socket, msg: bytes, fds: list[int] | None = None) -> None:
+    if fds:
+        socket.send_fds(ctl, [msg], fds)
+    else:
+        ctl.send(msg)
+
+
+def _report(ctl: socket.socket | None, message: str) -> None:
+    if ctl is None:
+        return
+    with contextlib.suppress(OSError):
+        ctl.send(b"error " + message.encode("utf-8", "replace")[: _MSG_MAX - 6])
+
+
+def _exit_code(status: int) -> int:
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    if os.WIFEXITED(status):
+        return os.WEXITSTATUS(status)
+    return 128
+
+
+def _set_parent_death_signal(expected_parent: int | None) -> None:
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    # If the parent died before prctl, we were reparented and no signal will come.
+    if expected_parent is not None and os.getppid() != expected_parent:
+        os._exit(125)
+
+
+# --------------------------------------------------------------------------------------------
+# C: the outer helper
+# --------------------------------------------------------------------------------------------
+
+
+def _outer_main(cfg: SandboxConfig, ctl: socket.socket, supervisor: int) -> None:
+    """Runs in C; never returns."""
+    code = 125
+    try:
+        _set_parent_death_signal(supervisor)
+        for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+        _close_fds_except({0, 1, 2, ctl.fileno()})
+        try:
+            _unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC)
+        except OSError as e:
+            raise _SetupFailure(
+                f"cannot create the sandbox's namespaces ({e.strerror}): user namespaces are "
+                "not available to this user (check user.max_user_namespaces, "
+                "kernel.unprivileged_userns_clone, AppArmor or a container's seccomp profile)"
+            ) from None
+        _send(ctl, b"userns")
+        if ctl.recv(64) != b"mapped":
+            os._exit(125)
+        fuse_fd = -1
+        if isinstance(cfg.root, FuseRoot):
+            # Must be opened inside the new user namespace (the kernel requires the mounter
+            # and the opener of /dev/fuse to share it), and before switching ids (as root,
+            # /dev/fuse is typically 0600).
+            try:
+                fuse_fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+            except OSError as e:
+                raise _SetupFailure(f"FUSE is not available: cannot open /dev/fuse: "
+                                    f"{e.strerror}") from None
+        if cfg.ids.setgroups == "allow":
+            os.setgroups([])
+        os.setresgid(cfg.ids.helper_gid, cfg.ids.helper_gid, cfg.ids.helper_gid)
+        os.setresuid(cfg.ids.helper_uid, cfg.ids.helper_uid, cfg.ids.helper_uid)
+        # Our cwd must not pin a host directory once I has pivoted (pivot_root moves the root
+        # and cwd of every process of the mount namespace that uses the old root).
+        os.chdir("/")
+        pid = os.fork()
+        if pid == 0:
+            _init_main(cfg, ctl, fuse_fd)  # never returns
+        pidfd = os.pidfd_open(pid)
+        _send(ctl, b"init %d" % pid, [pidfd])
+        os.close(pidfd)
+        if fuse_fd >= 0:
+            os.close(fuse_fd)
+        ctl.close()
+        _, status = os.waitpid(pid, 0)
+        code = _exit_code(status)
+    except _SetupFailure as e:
+        _report(ctl, str(e))
+    except BaseException as e:  # never let an exception escape into the caller's code
+        _report(ctl, f"internal error in the sandbox helper: {e!r}")
+    finally:
+        os._exit(code)
+
+
+# --------------------------------------------------------------------------------------------
+# I: PID 1
+# --------------------------------------------------------------------------------------------
+
+
+def _init_main(cfg: SandboxConfig, ctl: socket.socket, fuse_fd: int) -> None:
+    """Runs as PID 1 of the sandbox; never returns."""
+    code = 125
+    try:
+        _set_parent_death_signal(None)
+        _prctl(PR_SET_DUMPABLE, 0)
+        # PID 1 ignores signals it has no handler for; drop the handler Python installed.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        _build_root(cfg, ctl, fuse_fd)
+        socket.sethostname(cfg.spec.hostname)
+        seccomp.install(base=True)
+        _send(ctl, b"ready")
+        pid = os.fork()
+        if pid == 0:
+            _program_main(cfg, ctl)  # never returns
+        ctl.close()
+        ctl = None  # type: ignore[assignment]
+        if cfg.spec.sigterm_injection:
+            signal.signal(signal.SIGTERM, lambda *_: os.kill(pid, signal.SIGTERM))
+        while True:
+            try:
+                reaped, status = os.wait()
+            except ChildProcessError:
+                break
+            if reaped == pid:
+                code = _exit_code(status)
+                break
+    except _SetupFailure as e:
+        _report(ctl, str(e))
+    except BaseException as e:
+        _report(ctl, f"internal error in the sandbox init: {e!r}")
+    finally:
+        os._exit(code)
+
+
+def _resolve(root_fd: int, view_path: str) -> int:
+    """O_PATH descriptor of ``view_path`` resolved inside the root (symlinks stay inside)."""
+    rel = view_path.strip("/") or "."
+    return _openat2(root_fd, rel, os.O_PATH | os.O_CLOEXEC,
+                    RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
+
+
+def _ensure(root_fd: int, view_path: str, *, directory: bool, what: str) -> int:
+    """O_PATH descriptor of the mount point ``view_path``; created if missing and its parent
+    is writable (inside a tmpfs)."""
+    try:
+        return _resolve(root_fd, view_path)
+    except FileNotFoundError:
+        pass
+    parent_path, _, name = view_path.rstrip("/").rpartition("/")
+    parent = _ensure(root_fd, parent_path or "/", directory=True, what=what)
+    try:
+        if directory:
+            os.mkdir(name, 0o755, dir_fd=parent)
+        else:
+            os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o644,
+                             dir_fd=parent))
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise _SetupFailure(f"{what}: mount point {view_path} does not exist in the view and "
+                            f"cannot be created ({e.strerror})") from None
+    finally:
+        os.close(parent)
+    return _resolve(root_fd, view_path)
+
+
+def _mount_at(root_fd: int, view_path: str, *, directory: bool, what: str,
+              source: str | None, fstype: str | None, flags: int,
+              data: str | None = None) -> None:
+    target = _ensure(root_fd, view_path, directory=directory, what=what)
+    try:
+        _mount(source, _fd_path(target), fstype, flags, data)
+    except OSError as e:
+        raise _SetupFailure(f"{what}: cannot mount {fstype or 'bind'} at {view_path}: "
+                            f"{e.strerror}") from None
+    finally:
+        os.close(target)
+
+
+def _stage_dir() -> str:
+    for candidate in ("/tmp", "/mnt", "/run", "/var/tmp"):
+        if os.path.isdir(candidate) and not os.path.islink(candidate):
+            return candidate
+    raise _SetupFailure("no directory to stage the sandbox's root (/tmp, /mnt, /run)")
+
+
+def _build_root(cfg: SandboxConfig, ctl: socket.socket, fuse_fd: int) -> None:
+    """Steps 1-6 of the mount order (module docstring). Runs in I."""
+    # Host sources, opened before anything is covered.
+    dev_fds: dict[str, int] = {}
+    for name in DEV_NODES:
+        try:
+            dev_fds[name] = os.open(f"/dev/{name}", os.O_PATH | os.O_CLOEXEC)
+        except OSError as e:
+            raise _SetupFailure(f"cannot open host device /dev/{name}: {e.strerror}") from None
+    bind_fds: list[tuple[int, str, bool]] = []
+    if isinstance(cfg.root, BindRoot):
+        for host, view in cfg.root.binds:
+            try:
+                fd = os.open(host, os.O_PATH | os.O_CLOEXEC)
+            except OSError as e:
+                raise _SetupFailure(f"cannot open {host}: {e.strerror}") from None
+            bind_fds.append((fd, view, stat.S_ISDIR(os.fstat(fd).st_mode)))
+
+    try:
+        _mount(None, "/", None, MS_REC | MS_PRIVATE)
+        stage = _stage_dir()
+        _mount("geode-stage", stage, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0700")
+    except OSError as e:
+        raise _SetupFailure(f"cannot prepare the sandbox's mount namespace: {e}") from None
+    root = f"{stage}/root"
+    os.mkdir(root, 0o755)
+
+    if isinstance(cfg.root, FuseRoot):
+        opts = (f"fd={fuse_fd},rootmode=40000,user_id={os.getuid()},group_id={os.getgid()}"
+                + (f",{cfg.root.options}" if cfg.root.options else ""))
+        try:
+            _mount(cfg.root.source, root, cfg.root.fstype, cfg.root.flags, opts)
+        except OSError as e:
+            raise _SetupFailure(f"cannot mount the FUSE view: {e.strerror}") from None
+        _send(ctl, b"fuse", [fuse_fd])
+        os.close(fuse_fd)
+    else:
+        _mount("geode-root", root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    if isinstance(cfg.root, BindRoot):
+        for fd, view, is_dir in bind_fds:
+            _mount_at(root_fd, view, directory=is_dir, what=f"bind of {view}",
+                      source=_fd_path(fd), fstype=None, flags=MS_BIND | MS_REC)
+            target = _resolve(root_fd, view)
+            try:
+                _mount(None, _fd_path(target), None,
+                       MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+            except OSError:
+                # a locked host mount keeps its flags; the bind stays as the host has it
+                pass
+            finally:
+                os.close(target)
+            os.close(fd)
+        # The placeholders the FUSE view would present.
+        for d in ("/proc", "/sys", "/dev", "/dev/pts", "/dev/shm"):
+            os.close(_ensure(root_fd, d, directory=True, what="root skeleton"))
+        for name in (*DEV_NODES, "ptmx"):
+            os.close(_ensure(root_fd, f"/dev/{name}", directory=False, what="root skeleton"))
+
+    pristine_fd = -1
+    if any(m.kind == "view" for m in cfg.mounts):
+        pristine = f"{stage}/pristine"
+        os.mkdir(pristine, 0o755)
+        _mount(root, pristine, None, MS_BIND)
+        pristine_fd = os.open(pristine, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    for m in cfg.mounts:
+        what = m.where or m.path
+        if m.kind == "tmpfs":
+            _mount_at(root_fd, m.path, directory=True, what=what, source="tmpfs",
+                      fstype="tmpfs", flags=MS_NOSUID | MS_NODEV, data="mode=1777")
+        else:
+            try:
+                src = _resolve(pristine_fd, m.path)
+            except OSError as e:
+                raise _SetupFailure(f"{what}: {m.path} is missing from the view: "
+                                    f"{e.strerror}") from None
+            is_dir = stat.S_ISDIR(os.fstat(src).st_mode)
+            try:
+                _mount_at(root_fd, m.path, directory=is_dir, what=what, source=_fd_path(src),
+                          fstype=None, flags=MS_BIND)
+            finally:
+                os.close(src)
+
+    # Step 4: a procfs of the sandbox's own pid namespace.
+    _mount_at(root_fd, "/proc", directory=True, what="/proc", source="proc", fstype="proc",
+              flags=MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    # Step 5: /dev.
+    for name, fd in dev_fds.items():
+        _mount_at(root_fd, f"/dev/{name}", directory=False, what=f"/dev/{name}",
+                  source=_fd_path(fd), fstype=None, flags=MS_BIND)
+        os.close(fd)
+    _mount_at(root_fd, "/dev/pts", directory=True, what="/dev/pts", source="devpts",
+              fstype="devpts", flags=MS_NOSUID | MS_NOEXEC,
+              data="newinstance,ptmxmode=0666,mode=0620")
+    ptmx = _resolve(root_fd, "/dev/pts/ptmx")
+    try:
+        _mount_at(root_fd, "/dev/ptmx", directory=False, what="/dev/ptmx",
+                  source=_fd_path(ptmx), fstype=None, flags=MS_BIND)
+    finally:
+        os.close(ptmx)
+    _mount_at(root_fd, "/dev/shm", directory=True, what="/dev/shm", source="tmpfs",
+              fstype="tmpfs", flags=MS_NOSUID | MS_NODEV, data="mode=1777")
+    if isinstance(cfg.root, BindRoot):
+        with contextlib.suppress(OSError):
+            _mount(None, root, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    if pristine_fd >= 0:
+        os.close(pristine_fd)
+    os.close(root_fd)
+
+    # Step 6: make the view the root; detach the host's tree.
+    try:
+        os.chdir(root)
+        _pivot_root(".", ".")
+        _umount2(".", MNT_DETACH)
+        os.chdir("/")
+    except OSError as e:
+        raise _SetupFailure(f"cannot switch to the sandbox's root: {e}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# P: the program
+# --------------------------------------------------------------------------------------------
+
+
+def _program_main(cfg: SandboxConfig, ctl: socket.socket) -> None:
+    """Runs in P (child of PID 1); execs the program or reports why it cannot."""
+    spec = cfg.spec
+    try:
+        for sig in signal.valid_signals():
+            if sig not in (signal.SIGKILL, signal.SIGSTOP):
+                with contextlib.suppress(OSError, ValueError, RuntimeError):
+                    signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        try:
+            os.chdir(spec.start_dir)
+        except OSError as e:
+            raise _SetupFailure(f"fs.start_dir: cannot change to {spec.start_dir} in the "
+                                f"view: {e.strerror}") from None
+        for res, value in cfg.rlimits:
+            try:
+                resource.setrlimit(res, (value, value))
+            except (OSError, ValueError) as e:
+                raise _SetupFailure(f"cannot set resource limit {res} to {value}: {e}") from None
+        if spec.disable_aslr:
+            persona = _libc.personality(ctypes.c_ulong(0xFFFFFFFF))
+            _libc.personality(ctypes.c_ulong(persona | ADDR_NO_RANDOMIZE))
+        if cfg.ids.setgroups == "allow":
+            os.setgroups([])
+        os.setresgid(spec.gid, spec.gid, spec.gid)
+        os.setresuid(spec.uid, spec.uid, spec.uid)
+        if spec.disallow_subprocesses:
+            seccomp.install(base=False, disallow_subprocesses=True)
+        _close_range_cloexec(3)
+        try:
+            os.execve(spec.path, list(spec.argv), dict(spec.env))
+        except OSError as e:
+            raise _SetupFailure(f"libos.entrypoint: cannot execute {spec.path}: "
+                                f"{e.strerror}") from None
+    except _SetupFailure as e:
+        _report(ctl, str(e))
+    except BaseException as e:
+        _report(ctl, f"internal error before exec: {e!r}")
+    finally:
+        os._exit(127)
+
+
+# --------------------------------------------------------------------------------------------
+# S: the supervisor's handle on the sandbox
+# --------------------------------------------------------------------------------------------
+
+
+def _write_proc(path: str, data: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, data.encode())
+    finally:
+        os.close(fd)
+
+
+class Sandbox:
+    """The supervisor's side: starts the helpers, answers the handshake, signals, reaps.
+
+    :meth:`start` blocks until PID 1 exists (and, with a FUSE root, until the view is mounted
+    and its descriptor is in :attr:`fuse_fd`; the caller must then serve it, since PID 1
+    keeps building the root through it). After that the control socket (:attr:`ctl`) is
+    non-blocking; read it with :meth:`read_messages`.
+    """
+
+    def __init__(self, cfg: SandboxConfig) -> None:
+        self.cfg = cfg
+        self.pid: int | None = None  #: C's pid
+        self.pidfd: int | None = None  #: pidfd of C (readable when C exits)
+        self.init_pid: int | None = None
+        self.init_pidfd: int | None = None
+        self.fuse_fd: int | None = None
+        self.ctl: socket.socket | None = None
+        self.errors: list[str] = []
+        self.ready = False
+        self.eof = False
+        self.status: int | None = None
+
+    # ---------------------------------------------------------------- start / handshake
+
+    def start(self) -> None:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        supervisor = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # C
+            try:
+                parent.close()
+            finally:
+                _outer_main(self.cfg, child, supervisor)
+        child.close()
+        self.pid, self.ctl = pid, parent
+        self.pidfd = os.pidfd_open(pid)
+        try:
+            self._handshake()
+        except BaseException:
+            self.kill()
+            self.wait()
+            raise
+        parent.setblocking(False)
+
+    def _recv(self) -> tuple[bytes, list[int]]:
+        assert self.ctl is not None
+        msg, fds, _, _ = socket.recv_fds(self.ctl, _MSG_MAX, 2)
+        return msg, fds
+
+    def _handshake(self) -> None:
+        need_fuse = isinstance(self.cfg.root, FuseRoot)
+        mapped = False
+        while self.init_pidfd is None or (need_fuse and self.fuse_fd is None):
+            msg, fds = self._recv()
+            if not msg:
+                self.eof = True
+                self.wait()
+                raise SandboxError(self._failure_text())
+            if msg == b"userns" and not mapped:
+                self._write_maps()
+                assert self.ctl is not None
+                self.ctl.send(b"mapped")
+                mapped = True
+            elif msg.startswith(b"init ") and fds:
+                self.init_pid = int(msg.split()[1])
+                self.init_pidfd = fds[0]
+            elif msg == b"fuse" and fds:
+                self.fuse_fd = fds[0]
+            elif msg.startswith(b"error "):
+                self.errors.append(msg[6:].decode("utf-8", "replace"))
+                for fd in fds:
+                    os.close(fd)
+            else:
+                for fd in fds:
+                    os.close(fd)
+                raise SandboxError(f"unexpected message from the sandbox helper: {msg!r}")
+
+    def _write_maps(self) -> None:
+        ids = self.cfg.ids
+        proc = f"/proc/{self.pid}"
+        try:
+            if ids.setgroups == "deny":
+                _write_proc(f"{proc}/setgroups", "deny")
+            _write_proc(f"{proc}/uid_map", ids.uid_map)
+            _write_proc(f"{proc}/gid_map", ids.gid_map)
+        except OSError as e:
+            raise SandboxError(f"cannot map ids into the sandbox's user namespace: "
+                               f"{e.strerror} ({ids.uid_map.strip()!r})") from None
+
+    def _failure_text(self) -> str:
+        if self.errors:
+            return self.errors[0]
+        return f"the sandbox helper exited during setup (status {self.status})"
+
+    # ---------------------------------------------------------------- running
+
+    def read_messages(self) -> None:
+        """Drain the (non-blocking) control socket: collects errors, notes ready and EOF."""
+        if self.ctl is None or self.eof:
+            return
+        while True:
+            try:
+                msg, fds = self._recv()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.eof = True
+                return
+            for fd in fds:
+                os.close(fd)
+            if not msg:
+                self.eof = True
+                return
+            if msg == b"ready":
+                self.ready = True
+            elif msg.startswith(b"error "):
+                self.errors.append(msg[6:].decode("utf-8", "replace"))
+
+    def signal_program(self, sig: int) -> None:
+        """Send ``sig`` to PID 1 (which forwards SIGTERM to the program when injection is on)."""
+        if self.init_pidfd is not None:
+            with contextlib.suppress(ProcessLookupError, OSError):
+                signal.pidfd_send_signal(self.init_pidfd, sig)
+
+    def kill(self) -> None:
+        """Kill everything: SIGKILL to PID 1 (the kernel then kills its whole pid namespace)
+        and to C."""
+        for fd in (self.init_pidfd, self.pidfd):
+            if fd is not None:
+                with contextlib.suppress(ProcessLookupError, OSError):
+                    signal.pidfd_send_signal(fd, signal.SIGKILL)
+
+    def poll(self) -> int | None:
+        """C's exit code if it has exited (reaping it), else None."""
+        if self.status is None and self.pid is not None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.status = _exit_code(status)
+        return self.status
+
+    def wait(self) -> int:
+        """Block until C exits; its exit code (the program's, or 128+signal)."""
+        if self.status is None and self.pid is not None:
+            _, status = os.waitpid(self.pid, 0)
+            self.status = _exit_code(status)
+        assert self.status is not None
+        return self.status
+
+    def close(self) -> None:
+        for name in ("pidfd", "init_pidfd", "fuse_fd"):
+            fd = getattr(self, name)
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+                setattr(self, name, None)
+        if self.ctl is not None:
+            self.ctl.close()
+            self.ctl = None
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.status is None and self.pid is not None:
+            self.kill()
+            self.wait()
+        self.close()
+
