@@ -1,0 +1,263 @@
+"""The view plan: which host files a program sees, and under which policy.
+
+A :class:`ViewPlan` is derived, without any I/O, from a rendered and checked manifest (the
+dict ``tomllib`` returns). Keys may be missing; they default as Gramine defaults them:
+
+* ``fs.root`` defaults to ``{ type = "chroot", uri = "file:." }``; ``fs.mounts`` to ``[]``;
+  a mount's ``type`` to ``"chroot"``; ``fs.start_dir`` to ``"/"``.
+* ``sgx.trusted_files`` entries are ``{ uri, sha256 }`` tables (``gramine-manifest`` expands
+  directories and fills the hashes in); a bare ``"file:..."`` string left in a rendered
+  manifest is an error, since there is nothing to verify it against.
+* ``sgx.allowed_files`` are ``file:`` or ``dev:`` URIs; an entry allows itself and, like in
+  Gramine, everything below it (with or without a trailing ``/``).
+* ``sgx.file_check_policy`` defaults to ``"strict"``.
+
+Host paths are taken from ``file:`` URIs and normalized textually (``.`` and ``..`` folded,
+symlinks *not* resolved), relative URIs resolving against ``base_dir``: this is how Gramine
+keys trusted and allowed files, so a file reached through a chroot mount is trusted iff the
+mount's host path joined with the path inside the mount is a key of :attr:`ViewPlan.trusted`.
+
+Mount semantics (Gramine's): mounts are applied in order, ``fs.root`` first. A later mount
+whose path is the same as, or an ancestor of, an earlier mount's path hides the earlier one
+entirely; otherwise the innermost mount covering a path serves it (:meth:`ViewPlan.resolve`).
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from geode.errors import ManifestError
+
+__all__ = ["MOUNT_TYPES", "Mount", "ViewPlan", "normalize_view_path"]
+
+#: Mount types the view knows. ``encrypted`` is recognised but refused until encrypted files
+#: are implemented.
+MOUNT_TYPES = frozenset({"chroot", "tmpfs", "encrypted", "untrusted_shm"})
+SUPPORTED_MOUNT_TYPES = frozenset({"chroot", "tmpfs", "untrusted_shm"})
+FILE_CHECK_POLICIES = ("strict", "allow_all_but_log")
+
+_SHA256_RE = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def normalize_view_path(path: str) -> str:
+    """Absolute, normalized path inside the view (relative paths start at ``/``)."""
+    norm = posixpath.normpath(posixpath.join("/", path))
+    # posixpath keeps a leading "//" (POSIX leaves it implementation-defined); Linux does not.
+    return "/" + norm.lstrip("/")
+
+
+def _host_path(uri: str, base_dir: Path, where: str, *, schemes: tuple[str, ...]) -> Path:
+    scheme, sep, rest = uri.partition(":")
+    if not sep or scheme not in schemes:
+        wanted = " or ".join(f'"{s}:..."' for s in schemes)
+        raise ManifestError(f"expected a {wanted} URI, got {uri!r}", where=where)
+    if "\0" in rest:
+        raise ManifestError(f"URI contains a NUL byte: {uri!r}", where=where)
+    if rest == "":
+        rest = "."
+    joined = posixpath.join(str(base_dir), rest)
+    norm = posixpath.normpath(joined)
+    if norm.startswith("//"):
+        norm = "/" + norm.lstrip("/")
+    return Path(norm)
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One entry of the mount table (``fs.root`` or an element of ``fs.mounts``)."""
+
+    path: str
+    type: str
+    host: Path | None
+    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    #: position in :attr:`ViewPlan.mounts` (0 is fs.root)
+    index: int = 0
+
+    @property
+    def where(self) -> str:
+        return "fs.root" if self.index == 0 else f"fs.mounts[{self.index - 1}]"
+
+
+def _parse_mount(raw: object, index: int, base_dir: Path) -> Mount:
+    where = "fs.root" if index == 0 else f"fs.mounts[{index - 1}]"
+    if not isinstance(raw, Mapping):
+        raise ManifestError(f"a mount must be a table, got {raw!r}", where=where)
+    mtype = raw.get("type", "chroot")
+    if not isinstance(mtype, str) or mtype not in MOUNT_TYPES:
+        known = ", ".join(sorted(MOUNT_TYPES))
+        raise ManifestError(f"unknown mount type {mtype!r} (known: {known})", where=f"{where}.type")
+    if mtype not in SUPPORTED_MOUNT_TYPES:
+        raise ManifestError(
+            f"mount type {mtype!r} is not supported by this version of Geode yet",
+            where=f"{where}.type",
+        )
+    if index == 0:
+        path = "/"
+    else:
+        raw_path = raw.get("path")
+        if not isinstance(raw_path, str) or raw_path == "":
+            raise ManifestError("required key 'path' missing or not a string", where=where)
+        if "\0" in raw_path:
+            raise ManifestError("path contains a NUL byte", where=f"{where}.path")
+        path = normalize_view_path(raw_path)
+    uri = raw.get("uri", "file:." if index == 0 else None)
+    host: Path | None = None
+    if mtype == "chroot":
+        if not isinstance(uri, str):
+            raise ManifestError("a chroot mount needs a string 'uri'", where=f"{where}.uri")
+        host = _host_path(uri, base_dir, f"{where}.uri", schemes=("file",))
+    elif mtype == "untrusted_shm" and isinstance(uri, str):
+        host = _host_path(uri, base_dir, f"{where}.uri", schemes=("dev", "file"))
+    return Mount(path=path, type=mtype, host=host, options=MappingProxyType(dict(raw)),
+                 index=index)
+
+
+def _get_table(manifest: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    value = manifest.get(name, {})
+    if not isinstance(value, Mapping):
+        raise ManifestError(f"expected a table, got {value!r}", where=name)
+    return value
+
+
+def _under(path: str, prefix: str) -> bool:
+    return path == prefix or prefix == "/" or path.startswith(prefix + "/")
+
+
+@dataclass(frozen=True)
+class ViewPlan:
+    """Mount table and file policy of a view; see the module docstring."""
+
+    mounts: tuple[Mount, ...]
+    trusted: Mapping[Path, str]
+    allowed: tuple[Path, ...]
+    file_check_policy: str = "strict"
+    start_dir: str = "/"
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_manifest(cls, manifest: Mapping[str, Any], *, base_dir: Path) -> ViewPlan:
+        """Build the plan; raise :class:`ManifestError` naming the key for bad input."""
+        base_dir = Path(posixpath.normpath(str(Path(base_dir).absolute())))
+        fs = _get_table(manifest, "fs")
+        sgx = _get_table(manifest, "sgx")
+
+        root_raw = fs.get("root", {"type": "chroot", "uri": "file:."})
+        mounts = [_parse_mount(root_raw, 0, base_dir)]
+        raw_mounts = fs.get("mounts", [])
+        if not isinstance(raw_mounts, list):
+            raise ManifestError(f"expected an array, got {raw_mounts!r}", where="fs.mounts")
+        for i, raw in enumerate(raw_mounts):
+            mounts.append(_parse_mount(raw, i + 1, base_dir))
+
+        trusted: dict[Path, str] = {}
+        raw_trusted = sgx.get("trusted_files", [])
+        if not isinstance(raw_trusted, list):
+            raise ManifestError(f"expected an array, got {raw_trusted!r}",
+                                where="sgx.trusted_files")
+        for i, entry in enumerate(raw_trusted):
+            where = f"sgx.trusted_files[{i}]"
+            if isinstance(entry, str):
+                raise ManifestError(
+                    f"{entry!r} has no sha256: render the manifest with gramine-manifest "
+                    "(or geode manifest) so that trusted files are expanded and hashed",
+                    where=where,
+                )
+            if not isinstance(entry, Mapping):
+                raise ManifestError(f"expected a {{uri, sha256}} table, got {entry!r}",
+                                    where=where)
+            uri, sha = entry.get("uri"), entry.get("sha256")
+            if not isinstance(uri, str):
+                raise ManifestError("missing string 'uri'", where=where)
+            if uri.endswith("/"):
+                raise ManifestError(
+                    f"{uri!r} is a directory entry: render the manifest so that it is expanded",
+                    where=where,
+                )
+            if not isinstance(sha, str) or not _SHA256_RE.fullmatch(sha):
+                raise ManifestError(f"sha256 of {uri!r} must be 64 hex digits, got {sha!r}",
+                                    where=f"{where}.sha256")
+            host = _host_path(uri, base_dir, f"{where}.uri", schemes=("file",))
+            sha = sha.lower()
+            if trusted.get(host, sha) != sha:
+                raise ManifestError(f"{uri!r} is listed twice with different hashes",
+                                    where=where)
+            trusted[host] = sha
+
+        allowed: list[Path] = []
+        raw_allowed = sgx.get("allowed_files", [])
+        if not isinstance(raw_allowed, list):
+            raise ManifestError(f"expected an array, got {raw_allowed!r}",
+                                where="sgx.allowed_files")
+        for i, uri in enumerate(raw_allowed):
+            where = f"sgx.allowed_files[{i}]"
+            if not isinstance(uri, str):
+                raise ManifestError(f"expected a URI string, got {uri!r}", where=where)
+            path = _host_path(uri, base_dir, where, schemes=("file", "dev"))
+            if path not in allowed:
+                allowed.append(path)
+
+        policy = sgx.get("file_check_policy", "strict")
+        if policy not in FILE_CHECK_POLICIES:
+            raise ManifestError(
+                f"expected one of {', '.join(FILE_CHECK_POLICIES)}, got {policy!r}",
+                where="sgx.file_check_policy",
+            )
+        start_dir = fs.get("start_dir", "/")
+        if not isinstance(start_dir, str) or "\0" in start_dir:
+            raise ManifestError(f"expected a path string, got {start_dir!r}",
+                                where="fs.start_dir")
+        return cls(
+            mounts=tuple(mounts),
+            trusted=MappingProxyType(trusted),
+            allowed=tuple(allowed),
+            file_check_policy=policy,
+            start_dir=normalize_view_path(start_dir),
+        )
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def visible_mounts(self) -> tuple[Mount, ...]:
+        """Mounts not hidden by a later mount at the same path or at an ancestor of it."""
+        visible = []
+        for i, m in enumerate(self.mounts):
+            if not any(_under(m.path, later.path) for later in self.mounts[i + 1:]):
+                visible.append(m)
+        return tuple(visible)
+
+    def resolve(self, view_path: str) -> tuple[Mount, str]:
+        """The innermost visible mount covering ``view_path``, and the path relative to it.
+
+        The relative path has no leading slash; it is ``""`` for the mount point itself.
+        """
+        path = normalize_view_path(view_path)
+        best: Mount | None = None
+        for m in self.visible_mounts:
+            if _under(path, m.path) and (best is None or len(m.path) > len(best.path)):
+                best = m
+        if best is None:  # only possible if fs.root was hidden, which a mount at "/" does
+            raise ManifestError(f"no mount covers {path}")
+        rel = path[len(best.path):].lstrip("/")
+        return best, rel
+
+    def host_path(self, view_path: str) -> Path | None:
+        """Host path behind ``view_path`` if a chroot mount serves it, else None."""
+        mount, rel = self.resolve(view_path)
+        if mount.type != "chroot" or mount.host is None:
+            return None
+        return mount.host / rel if rel else mount.host
+
+    def is_trusted(self, host_path: Path) -> bool:
+        return Path(posixpath.normpath(str(host_path))) in self.trusted
+
+    def is_allowed(self, host_path: Path) -> bool:
+        """Gramine's rule: an allowed entry allows itself and everything below it."""
+        p = posixpath.normpath(str(host_path))
+        return any(_under(p, str(a)) for a in self.allowed)
