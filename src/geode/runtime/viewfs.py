@@ -1,0 +1,1852 @@
+"""The view file system: one FUSE tree presenting a manifest's mounts under its file policy.
+
+Interface for the launcher
+==========================
+::
+
+    plan = ViewPlan.from_manifest(manifest, base_dir=...)   # geode.runtime.plan
+    fs = ViewFS(plan, manifest)                               # opens the mounts' host dirs
+    await serve(fs, mountpoint, ready=cb)                     # inside trio, in the supervisor
+
+``serve`` mounts the view at ``mountpoint`` (pyfuse3 keeps global state: one ``serve`` per
+process at a time), waits until the kernel has completed the FUSE handshake and answered a
+``stat`` of the mountpoint, then calls ``ready()``; it returns when the file system is
+unmounted from outside and unmounts it itself when cancelled. After ``ready`` the launcher
+uses ``mountpoint`` as the program's root and mounts, on top of the view's placeholders:
+kernel tmpfs at each ``plan.mounts`` entry of type ``tmpfs`` (their mount points are empty
+directories here; a chroot mount *below* a tmpfs mount is visible in the view at its path and
+has to be bind-mounted again by the launcher after the tmpfs), procfs at ``/proc``, host
+device nodes at ``/dev/{null,zero,full,random,urandom,tty,ptmx}`` (empty regular files here;
+opening an unbound one gives ENXIO), devpts at ``/dev/pts`` and tmpfs at ``/dev/shm``.
+``/dev/fd``, ``/dev/stdin``, ``/dev/stdout`` and ``/dev/stderr`` are symlinks into
+``/proc/self/fd``. ``fs.keys`` is the live ``name -> 16 bytes`` table behind
+``/dev/attestation/keys``; ``fs.attestation.files`` holds the other ``/dev/attestation``
+pseudo-files (extend it with :class:`PseudoFile` subclasses). ``fs.stats`` counts FUSE
+requests per operation. ``ViewFS(..., owner=(uid, gid))`` makes every file appear owned by
+that host uid/gid (default: the host owner is shown).
+
+What the program sees
+=====================
+* **Composition.** ``fs.root`` and the visible ``fs.mounts`` (see :mod:`geode.runtime.plan`)
+  form one tree; a mount point hides whatever its parent has at that name, and mount points
+  that do not exist in the parent appear as directories. ``/proc``, ``/sys`` and ``/dev`` are
+  virtual directories that hide the root mount's entries of those names.
+* **Gramine's interpreter lookup.** When ``/lib`` is mounted and ``/lib64`` is not (the usual
+  Gramine manifest), ``/lib64/ld-linux-x86-64.so.2`` is a symlink to the interpreter Gramine's
+  loader would pick: the basename searched in ``loader.env.LD_LIBRARY_PATH`` directories, or
+  in ``/lib`` then ``/lib64`` when that is unset. The kernel's ``PT_INTERP`` lookup follows it.
+* **Policy** (``sgx.file_check_policy``), decided by host path as in Gramine:
+
+  - directories can always be looked up, listed and stat'ed (so paths can be traversed);
+  - *trusted* files are read-only (opening for writing, truncating, chmod, utimes, unlink and
+    rename give EACCES). The first open reads the whole file once, computing its SHA-256 and a
+    table of truncated (128-bit) SHA-256 hashes of each 16 KiB chunk; a mismatch with the
+    manifest gives EACCES and an error log line naming the file. Only the chunk table is kept
+    (16 bytes per 16 KiB). Every later read from the host is re-verified chunk by chunk, so
+    the program gets exactly the verified bytes, or EIO if the host file changed (TOCTOU);
+    size and times of a verified file are frozen at verification;
+  - *allowed* files (an ``sgx.allowed_files`` entry and everything below it) are read-write
+    passthrough: create, write, truncate, unlink, rename, mkdir, rmdir, symlink, link,
+    chmod, utimes, fsync, FIFOs and unix sockets;
+  - anything else: EACCES on open/create/modify under ``strict`` (a warning log line names
+    it); allowed with a warning log line naming it under ``allow_all_but_log``. As in
+    Gramine, ``stat`` of such a file works (only opening it is refused);
+  - mkdir/rmdir/chmod/utimes of directories follow the same rule as files (Geode is stricter
+    than Gramine here, which lets a program create directories anywhere); chown is accepted
+    and ignored (ownership is not passed through);
+  - host device nodes are never shown; host FIFOs and sockets only where files are allowed.
+* **Host path resolution** never leaves a mount's host directory: every host path is opened
+  relative to an ``O_PATH`` descriptor of the mount's host directory with ``openat2`` and
+  ``RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS`` (single names use ``*at`` calls on such a
+  descriptor). Host symlinks are shown as symlinks and resolved by the kernel *inside the
+  view*. One exception keeps Gramine manifests working: a symlink whose own host path is a
+  trusted file (gramine-manifest hashes through links, e.g. ``/lib64/ld-linux-x86-64.so.2``)
+  is shown as the regular file it points to on the host; its content must match the hash,
+  so following it can never yield unverified bytes.
+* **Caching** keeps Python off the hot path: 300 s entry/attribute timeouts (1 s in allowed
+  areas, 0 for ``/dev/attestation/keys``), cached negative lookups, readdirplus (listing a
+  directory also answers the lookups of its entries), ``keep_cache`` on trusted files (the
+  page cache only ever holds verified bytes), no ``direct_io`` except for pseudo-files,
+  the kernel's largest read size (libfuse's ``max_read`` option cannot be combined with
+  pyfuse3, which does not set the matching ``conn.max_read``), and FLUSH/xattr requests
+  left unimplemented so that the kernel stops sending them. Inode numbers are stable for
+  the mount's lifetime per host (dev, inode).
+* ``default_permissions`` is deliberately *not* used: access is decided by the manifest
+  policy (Gramine ignores host mode bits the same way and accesses files with the rights of
+  the user running it), and the kernel's mode-bit checks would otherwise compare host
+  owners with the program's (namespaced) ids. ``access(2)`` is answered from the policy.
+  The view is mounted ``nodev,nosuid``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import ctypes
+import enum
+import errno
+import functools
+import hashlib
+import logging
+import os
+import posixpath
+import resource
+import stat
+import sys
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pyfuse3
+import trio
+
+from geode.errors import GeodeError, ManifestError
+from geode.runtime.plan import Mount, ViewPlan, normalize_view_path
+
+__all__ = [
+    "AttestationDir",
+    "KeyFile",
+    "PseudoFile",
+    "PseudoHandle",
+    "StaticPseudoFile",
+    "ViewFS",
+    "openat2",
+    "serve",
+]
+
+log = logging.getLogger("geode.fs")
+
+CHUNK_SIZE = 16 * 1024
+CHUNK_HASH_SIZE = 16
+STABLE_TIMEOUT = 300.0
+VOLATILE_TIMEOUT = 1.0
+#: first-open verification of files at least this big runs on a worker thread
+THREAD_HASH_MIN = 2 << 20
+#: ... and computes the whole-file hash and the chunk hashes in parallel
+PARALLEL_HASH_MIN = 8 << 20
+#: verified files up to this size are pushed into the kernel page cache (notify_store) as
+#: soon as they are verified, so that the program's reads never reach Python
+STORE_MAX = 16 << 20
+HASH_BLOCK = 64 * CHUNK_SIZE
+KEY_SIZE = 16
+INTERP_NAME = "ld-linux-x86-64.so.2"
+DEV_PLACEHOLDERS = ("null", "zero", "full", "random", "urandom", "tty", "ptmx")
+DEV_DIRS = ("pts", "shm")
+DEV_LINKS = {
+    "fd": "/proc/self/fd",
+    "stdin": "/proc/self/fd/0",
+    "stdout": "/proc/self/fd/1",
+    "stderr": "/proc/self/fd/2",
+}
+MOUNT_OPTIONS = (
+    "fsname=geode",
+    "subtype=geode",
+    "allow_other",
+    "nodev",
+    "nosuid",
+)
+
+# ------------------------------------------------------------------------------------------
+# openat2 and friends (ctypes)
+# ------------------------------------------------------------------------------------------
+
+_SYS_OPENAT2 = 437
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10
+IN_ROOT = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [
+        ("flags", ctypes.c_uint64),
+        ("mode", ctypes.c_uint64),
+        ("resolve", ctypes.c_uint64),
+    ]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+_renameat2 = _libc.renameat2
+_renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                       ctypes.c_uint]
+_renameat2.restype = ctypes.c_int
+
+
+def openat2(dirfd: int, path: str, flags: int, mode: int = 0, resolve: int = IN_ROOT) -> int:
+    """``openat2(2)``; with the default ``resolve`` the path cannot leave ``dirfd``.
+
+    ``O_CLOEXEC`` is always added; an empty path means ``"."``. Retries the EAGAIN that
+    RESOLVE_IN_ROOT returns when a rename races with the walk.
+    """
+    how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
+    bpath = os.fsencode(path) or b"."
+    for _ in range(100):
+        fd = _syscall(ctypes.c_long(_SYS_OPENAT2), ctypes.c_int(dirfd), ctypes.c_char_p(bpath),
+                      ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))
+        if fd >= 0:
+            return int(fd)
+        err = ctypes.get_errno()
+        if err not in (errno.EAGAIN, errno.EINTR):
+            raise OSError(err, os.strerror(err), path)
+    raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN), path)
+
+
+def _renameat2_call(olddirfd: int, old: str, newdirfd: int, new: str, flags: int) -> None:
+    if _renameat2(olddirfd, os.fsencode(old), newdirfd, os.fsencode(new), flags) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), old)
+
+
+def _pread_full(fd: int, size: int, offset: int) -> bytes:
+    """pread until ``size`` bytes or EOF."""
+    data = os.pread(fd, size, offset)
+    if len(data) == size or not data:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < size:
+        more = os.pread(fd, size - got, offset + got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
+
+
+_full_hasher: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _hash_fd(fd: int, size: int, *, keep: bool = False,
+             parallel: bool = False) -> tuple[str, bytes, list[bytes] | None]:
+    """Whole-file SHA-256 (hex), chunk table and (with ``keep``) the blocks read.
+
+    Hashes the first ``size`` bytes of ``fd``; raises OSError(ENODATA) if the file is
+    shorter. With ``parallel`` the whole-file hash runs on a helper thread while this one
+    computes the chunk hashes (hashlib releases the GIL), halving the time of big files.
+    """
+    global _full_hasher
+    full = hashlib.sha256()
+    table = bytearray()
+    blocks: list[bytes] | None = [] if keep else None
+    sha256 = hashlib.sha256
+    pending: concurrent.futures.Future[None] | None = None
+    if parallel and _full_hasher is None:
+        _full_hasher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="geode-hash")
+    pos = 0
+    try:
+        while pos < size:
+            n = min(HASH_BLOCK, size - pos)
+            block = _pread_full(fd, n, pos)
+            if len(block) != n:
+                raise OSError(errno.ENODATA, "file shrank while it was verified")
+            if pending is not None:
+                pending.result()
+            if parallel and _full_hasher is not None:
+                pending = _full_hasher.submit(full.update, block)
+            else:
+                full.update(block)
+            mv = memoryview(block)
+            for i in range(0, n, CHUNK_SIZE):
+                table += sha256(mv[i:i + CHUNK_SIZE]).digest()[:CHUNK_HASH_SIZE]
+            if blocks is not None:
+                blocks.append(block)
+            pos += n
+    finally:
+        if pending is not None:
+            pending.result()
+    return full.hexdigest(), bytes(table), blocks
+
+
+# ------------------------------------------------------------------------------------------
+# /dev/attestation (kept small and separate: the attestation issue extends it)
+# ------------------------------------------------------------------------------------------
+
+
+class PseudoHandle:
+    """One open of a pseudo-file. Reads and writes are served by Python (direct I/O)."""
+
+    def read(self, offset: int, size: int) -> bytes:
+        raise pyfuse3.FUSEError(errno.EACCES)
+
+    def write(self, offset: int, data: bytes) -> int:
+        raise pyfuse3.FUSEError(errno.EACCES)
+
+    def truncate(self, size: int) -> None:
+        raise pyfuse3.FUSEError(errno.EACCES)
+
+    def release(self) -> None:
+        return None
+
+
+class PseudoFile:
+    """A pseudo-file under ``/dev/attestation``; ``open`` gets the calling process's pid."""
+
+    mode: int = 0o444
+
+    def size(self) -> int:
+        return 0
+
+    def exists(self) -> bool:
+        return True
+
+    def open(self, pid: int, flags: int) -> PseudoHandle:
+        raise pyfuse3.FUSEError(errno.EACCES)
+
+
+class _BytesHandle(PseudoHandle):
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def read(self, offset: int, size: int) -> bytes:
+        return self.data[offset:offset + size]
+
+
+class StaticPseudoFile(PseudoFile):
+    """Read-only constant content (e.g. ``attestation_type``)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def size(self) -> int:
+        return len(self.data)
+
+    def open(self, pid: int, flags: int) -> PseudoHandle:
+        if flags & os.O_ACCMODE != os.O_RDONLY:
+            raise pyfuse3.FUSEError(errno.EACCES)
+        return _BytesHandle(self.data)
+
+
+class _KeyHandle(PseudoHandle):
+    def __init__(self, keys: dict[str, bytes], name: str) -> None:
+        self.keys = keys
+        self.name = name
+
+    def read(self, offset: int, size: int) -> bytes:
+        return self.keys.get(self.name, b"")[offset:offset + size]
+
+    def write(self, offset: int, data: bytes) -> int:
+        # Gramine: a key is exactly 16 bytes, anything else is EACCES.
+        if offset != 0 or len(data) != KEY_SIZE:
+            log.warning("refusing to set /dev/attestation/keys/%s: %d bytes at offset %d "
+                        "(a key is %d bytes)", self.name, len(data), offset, KEY_SIZE)
+            raise pyfuse3.FUSEError(errno.EACCES)
+        self.keys[self.name] = bytes(data)
+        return len(data)
+
+    def truncate(self, size: int) -> None:
+        if size != 0:
+            raise pyfuse3.FUSEError(errno.EACCES)
+
+
+class KeyFile(PseudoFile):
+    """``/dev/attestation/keys/NAME``: 16 raw bytes, readable and writable."""
+
+    mode = 0o600
+
+    def __init__(self, keys: dict[str, bytes], name: str) -> None:
+        self.keys = keys
+        self.name = name
+
+    def exists(self) -> bool:
+        return self.name in self.keys
+
+    def size(self) -> int:
+        return len(self.keys.get(self.name, b""))
+
+    def open(self, pid: int, flags: int) -> PseudoHandle:
+        if flags & os.O_ACCMODE == os.O_RDONLY and self.name not in self.keys:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return _KeyHandle(self.keys, self.name)
+
+
+class AttestationDir:
+    """State behind ``/dev/attestation``: ``files`` (name -> PseudoFile) and ``keys``."""
+
+    def __init__(self, attestation_type: str, keys: dict[str, bytes]) -> None:
+        self.keys = keys
+        self.files: dict[str, PseudoFile] = {
+            "attestation_type": StaticPseudoFile(attestation_type.encode()),
+        }
+
+    def key_file(self, name: str) -> KeyFile:
+        return KeyFile(self.keys, name)
+
+
+def _insecure_keys(manifest: Mapping[str, Any]) -> dict[str, bytes]:
+    fs = manifest.get("fs", {})
+    raw = fs.get("insecure__keys", {}) if isinstance(fs, Mapping) else {}
+    if not isinstance(raw, Mapping):
+        raise ManifestError("expected a table of NAME = \"32 hex digits\"",
+                            where="fs.insecure__keys")
+    keys: dict[str, bytes] = {}
+    for name, value in raw.items():
+        where = f"fs.insecure__keys.{name}"
+        if not isinstance(value, str) or len(value) != 2 * KEY_SIZE:
+            raise ManifestError(f"expected 32 hex digits, got {value!r}", where=where)
+        try:
+            keys[str(name)] = bytes.fromhex(value)
+        except ValueError:
+            raise ManifestError(f"expected 32 hex digits, got {value!r}", where=where) from None
+        if "/" in str(name) or str(name) in ("", ".", ".."):
+            raise ManifestError("not a valid key name", where=where)
+    return keys
+
+
+# ------------------------------------------------------------------------------------------
+# nodes
+# ------------------------------------------------------------------------------------------
+
+
+class Policy(enum.IntEnum):
+    """Policy of a host file; for non-trusted nodes a higher value wins (hard links)."""
+
+    DENIED = 0
+    LOGGED = 1
+    ALLOWED = 2
+    TRUSTED = 3
+
+
+class Kind(enum.Enum):
+    DIR = "dir"
+    FILE = "file"
+    LINK = "link"
+    SPECIAL = "special"  # host FIFO or socket
+    PSEUDO = "pseudo"  # /dev/attestation file
+    PLACEHOLDER = "placeholder"  # /dev/null etc. before the launcher binds the device
+
+
+@dataclass(eq=False, slots=True)
+class Node:
+    ino: int
+    kind: Kind
+    vpath: str
+    key: tuple[Any, ...]
+    mount: Mount | None = None  # host-backed if set
+    rel: str = ""
+    host: str = ""
+    policy: Policy = Policy.ALLOWED
+    sha: str | None = None
+    follow: bool = False
+    timeout: float = STABLE_TIMEOUT
+    permanent: bool = False
+    lookups: int = 0
+    parent: int = pyfuse3.ROOT_INODE
+    role: str | None = None  # "attestation" or "keys" for those pseudo directories
+    target: str | None = None  # virtual symlink target
+    pseudo: PseudoFile | None = None
+    chunks: bytes | None = None  # trusted: per-chunk hash table once verified
+    vstat: os.stat_result | None = None  # trusted: attributes frozen at verification
+    lock: trio.Lock | None = None
+    handles: set[int] = field(default_factory=set)
+    listing: list[tuple[str, Any]] | None = None
+    listing_expiry: float = 0.0
+
+
+@dataclass(eq=False, slots=True)
+class _Handle:
+    node: Node
+    fd: int = -1
+    writable: bool = False
+    trusted: bool = False
+    pseudo: PseudoHandle | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _VEntry:
+    kind: str  # mount | dir | opaque | placeholder | link | attestation
+    mount: Mount | None = None
+    target: str | None = None
+
+
+@dataclass(slots=True)
+class _Root:
+    fd: int
+    is_dir: bool
+    host: str
+
+
+@dataclass(slots=True)
+class _Dir:
+    node: Node
+    entries: list[tuple[str, Any]]
+
+
+def _join_rel(rel: str, name: str) -> str:
+    return f"{rel}/{name}" if rel else name
+
+
+def _join_host(host: str, rel: str) -> str:
+    if not rel:
+        return host
+    return f"{host}/{rel}" if host != "/" else f"/{rel}"
+
+
+def _join_view(vpath: str, name: str) -> str:
+    return f"{vpath}/{name}" if vpath != "/" else f"/{name}"
+
+
+_F = TypeVar("_F", bound=Callable[..., Awaitable[Any]])
+
+
+def _op(fn: _F) -> _F:
+    """Count the request and turn any failure into an errno for the program."""
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    async def wrapper(self: ViewFS, *args: Any) -> Any:
+        self.stats[name] += 1
+        t0 = time.perf_counter_ns()
+        try:
+            return await fn(self, *args)
+        except pyfuse3.FUSEError:
+            raise
+        except OSError as e:
+            raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
+        except Exception:
+            log.exception("internal error in %s", name)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            self.busy_ns += time.perf_counter_ns() - t0
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _fail(err: int) -> pyfuse3.FUSEError:
+    return pyfuse3.FUSEError(err)
+
+
+_HOST_OPEN_FLAGS = os.O_ACCMODE | os.O_APPEND | os.O_TRUNC | os.O_SYNC | os.O_DSYNC
+
+
+# ------------------------------------------------------------------------------------------
+# the file system
+# ------------------------------------------------------------------------------------------
+
+
+class ViewFS(pyfuse3.Operations):
+    """FUSE operations of one view; see the module docstring."""
+
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, plan: ViewPlan, manifest: Mapping[str, Any], *,
+                 owner: tuple[int, int] | None = None) -> None:
+        super().__init__()
+        self.plan = plan
+        self.stats: Counter[str] = Counter()
+        self.verified_bytes = 0
+        #: wall time spent inside request handlers (including awaited hashing threads)
+        self.busy_ns = 0
+        #: push verified small files into the page cache (set False to measure without)
+        self.store_verified = True
+        self.owner = owner
+        self._strict = plan.file_check_policy == "strict"
+        self._trusted: dict[str, str] = {str(p): sha for p, sha in plan.trusted.items()}
+        self._allowed: frozenset[str] = frozenset(str(p) for p in plan.allowed)
+        self._start = time.time_ns()
+        self._check_openat2()
+
+        sgx = manifest.get("sgx", {})
+        att_type = sgx.get("remote_attestation", "none") if isinstance(sgx, Mapping) else "none"
+        if not isinstance(att_type, str):
+            att_type = "none"
+        self.keys: dict[str, bytes] = _insecure_keys(manifest)
+        self.attestation = AttestationDir(att_type, self.keys)
+
+        self._roots: dict[int, _Root] = {}
+        self._visible = plan.visible_mounts
+        for m in self._visible:
+            if m.type == "chroot" and m.host is not None:
+                self._open_root(m)
+
+        self.interp_target = self._find_interp(manifest)
+        self._vtree = self._build_vtree()
+
+        self._nodes: dict[int, Node] = {}
+        self._by_key: dict[tuple[Any, ...], Node] = {}
+        self._inos: dict[tuple[Any, ...], int] = {}
+        self._next_ino = pyfuse3.ROOT_INODE + 1
+        self._handles: dict[int, _Handle] = {}
+        self._dirs: dict[int, _Dir] = {}
+        self._next_fh = 1
+        self._make_root()
+
+    # ------------------------------------------------------------------ setup
+
+    @staticmethod
+    def _check_openat2() -> None:
+        try:
+            os.close(openat2(-100, "/", os.O_PATH))  # AT_FDCWD
+        except OSError as e:
+            if e.errno == errno.ENOSYS:
+                raise GeodeError("this kernel has no openat2(2) (Linux 5.6 or newer is needed "
+                                 "to confine host paths)") from None
+            raise
+
+    def _open_root(self, m: Mount) -> None:
+        assert m.host is not None
+        host = str(m.host)
+        try:
+            fd = os.open(host, os.O_PATH | os.O_CLOEXEC)
+        except OSError as e:
+            log.warning("%s: host path %s of mount %s is not accessible (%s); the mount "
+                        "point is an empty directory", m.where, host, m.path, e.strerror)
+            return
+        st = os.fstat(fd)
+        if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+            os.close(fd)
+            log.warning("%s: host path %s is neither a directory nor a regular file; the "
+                        "mount point is an empty directory", m.where, host)
+            return
+        self._roots[m.index] = _Root(fd=fd, is_dir=stat.S_ISDIR(st.st_mode), host=host)
+
+    def close(self) -> None:
+        """Close host descriptors (mount roots and open handles). Idempotent."""
+        for h in self._handles.values():
+            if h.fd >= 0:
+                os.close(h.fd)
+                h.fd = -1
+        self._handles.clear()
+        for r in self._roots.values():
+            if r.fd >= 0:
+                os.close(r.fd)
+                r.fd = -1
+        self._roots.clear()
+
+    def _exists_in_view(self, vpath: str, *, follow: bool) -> bool:
+        """Best-effort existence check of a view path through the chroot mounts."""
+        mount, rel = self.plan.resolve(vpath)
+        root = self._roots.get(mount.index)
+        if mount.type != "chroot" or root is None:
+            return False
+        if not root.is_dir:
+            return rel == ""
+        flags = os.O_PATH | (0 if follow else os.O_NOFOLLOW)
+        try:
+            os.close(openat2(root.fd, rel, flags))
+        except OSError:
+            return False
+        return True
+
+    def _find_interp(self, manifest: Mapping[str, Any]) -> str | None:
+        paths = {m.path for m in self._visible if m.path != "/"}
+        if "/lib" not in paths or "/lib64" in paths:
+            return None
+        if any(p.startswith("/lib64/") for p in paths):
+            return None
+        loader = manifest.get("loader", {})
+        env = loader.get("env", {}) if isinstance(loader, Mapping) else {}
+        llp: Any = env.get("LD_LIBRARY_PATH") if isinstance(env, Mapping) else None
+        if isinstance(llp, Mapping):
+            if llp.get("passthrough") is True:
+                llp = os.environ.get("LD_LIBRARY_PATH")
+            else:
+                llp = llp.get("value")
+        dirs = [d for d in llp.split(":") if d] if isinstance(llp, str) and llp else []
+        if not dirs:
+            dirs = ["/lib", "/lib64"]
+        for d in dirs:
+            candidate = normalize_view_path(posixpath.join(d, INTERP_NAME))
+            if candidate == f"/lib64/{INTERP_NAME}":
+                continue
+            if self._exists_in_view(candidate, follow=True):
+                return candidate
+        log.debug("no %s found in %s; /lib64 is not synthesized", INTERP_NAME, dirs)
+        return None
+
+    def _build_vtree(self) -> dict[str, dict[str, _VEntry]]:
+        tree: dict[str, dict[str, _VEntry]] = {}
+
+        def put(path: str, ve: _VEntry, *, override: bool = True) -> None:
+            parent, name = posixpath.split(path)
+            d = tree.setdefault(parent, {})
+            if override or name not in d:
+                d[name] = ve
+
+        def ancestors(path: str) -> None:
+            chain = []
+            p = posixpath.dirname(path)
+            while p != "/":
+                chain.append(p)
+                p = posixpath.dirname(p)
+            for a in reversed(chain):
+                put(a, _VEntry("dir"), override=False)
+
+        put("/proc", _VEntry("opaque"))
+        put("/sys", _VEntry("opaque"))
+        put("/dev", _VEntry("opaque"))
+        for name in DEV_PLACEHOLDERS:
+            put(f"/dev/{name}", _VEntry("placeholder"))
+        for name in DEV_DIRS:
+            put(f"/dev/{name}", _VEntry("opaque"))
+        for name, target in DEV_LINKS.items():
+            put(f"/dev/{name}", _VEntry("link", target=target))
+        put("/dev/attestation", _VEntry("attestation"))
+        if self.interp_target is not None:
+            put("/lib64", _VEntry("dir"), override=False)
+            put(f"/lib64/{INTERP_NAME}", _VEntry("link", target=self.interp_target))
+        for m in self._visible:
+            if m.path == "/":
+                continue
+            ancestors(m.path)
+            put(m.path, _VEntry("mount", mount=m))
+        return tree
+
+    def _make_root(self) -> None:
+        mount, _ = self.plan.resolve("/")
+        root = self._roots.get(mount.index)
+        if mount.type == "chroot" and root is not None and root.is_dir:
+            st = os.fstat(root.fd)
+            key: tuple[Any, ...] = ("d", mount.index, st.st_dev, st.st_ino)
+        else:
+            key = ("v", "/")
+        self._inos[key] = pyfuse3.ROOT_INODE
+        node = self._dir_node(key, "/", mount if key[0] == "d" else None, "", pyfuse3.ROOT_INODE)
+        node.permanent = True
+        node.lookups = 1
+
+    # ------------------------------------------------------------------ policy
+
+    def _is_allowed(self, host: str) -> bool:
+        if not self._allowed:
+            return False
+        p = host
+        while True:
+            if p in self._allowed:
+                return True
+            if p == "/" or not p:
+                return False
+            p = posixpath.dirname(p)
+
+    def classify(self, host: str) -> tuple[Policy, str | None]:
+        """Policy of a host path: allowed wins over trusted (Gramine), then the default."""
+        if self._is_allowed(host):
+            return Policy.ALLOWED, None
+        sha = self._trusted.get(host)
+        if sha is not None:
+            return Policy.TRUSTED, sha
+        return (Policy.DENIED if self._strict else Policy.LOGGED), None
+
+    def _check_change(self, host: str, vpath: str, what: str) -> None:
+        """May the program create/modify/delete ``host``? Raise EACCES if not."""
+        policy, _ = self.classify(host)
+        if policy is Policy.ALLOWED:
+            return
+        if policy is Policy.TRUSTED:
+            log.error("refusing to %s trusted file %s (host %s)", what, vpath, host)
+            raise _fail(errno.EACCES)
+        if policy is Policy.LOGGED:
+            log.warning("allowing %s of %s (host %s), which is neither trusted nor allowed, "
+                        "because of sgx.file_check_policy", what, vpath, host)
+            return
+        log.warning("refusing to %s %s (host %s): neither trusted nor allowed", what, vpath,
+                    host)
+        raise _fail(errno.EACCES)
+
+    def _timeout_for(self, host: str) -> float:
+        return VOLATILE_TIMEOUT if self._is_allowed(host) else STABLE_TIMEOUT
+
+    # ------------------------------------------------------------------ node table
+
+    def _ino_for(self, key: tuple[Any, ...]) -> int:
+        ino = self._inos.get(key)
+        if ino is None:
+            ino = self._next_ino
+            self._next_ino += 1
+            self._inos[key] = ino
+        return ino
+
+    def _register(self, node: Node) -> Node:
+        self._nodes[node.ino] = node
+        self._by_key[node.key] = node
+        return node
+
+    def _get(self, ino: int) -> Node:
+        node = self._nodes.get(ino)
+        if node is None:
+            raise _fail(errno.ESTALE)
+        return node
+
+    def _dir_node(self, key: tuple[Any, ...], vpath: str, mount: Mount | None, rel: str,
+                  parent: int) -> Node:
+        node = self._by_key.get(key)
+        host = _join_host(self._roots[mount.index].host, rel) if mount is not None else ""
+        if node is None:
+            node = self._register(Node(ino=self._ino_for(key), kind=Kind.DIR, vpath=vpath,
+                                       key=key, mount=mount, rel=rel, host=host,
+                                       parent=parent))
+        else:
+            node.vpath, node.rel, node.host, node.parent = vpath, rel, host, parent
+        node.timeout = self._timeout_for(host) if mount is not None else STABLE_TIMEOUT
+        return node
+
+    def _virtual(self, key: tuple[Any, ...], kind: Kind, vpath: str, parent: int,
+                 **kw: Any) -> Node:
+        node = self._by_key.get(key)
+        if node is None:
+            node = self._register(Node(ino=self._ino_for(key), kind=kind, vpath=vpath, key=key,
+                                       parent=parent, permanent=True, **kw))
+        return node
+
+    def _vnode(self, vpath: str, ve: _VEntry, parent: int) -> tuple[Node, os.stat_result | None]:
+        if ve.kind == "mount":
+            m = ve.mount
+            assert m is not None
+            root = self._roots.get(m.index)
+            if m.type == "chroot" and root is not None:
+                if root.is_dir:
+                    st = os.fstat(root.fd)
+                    return self._dir_node(("d", m.index, st.st_dev, st.st_ino), vpath, m, "",
+                                          parent), st
+                st = os.stat(root.host)
+                found = self._file_node(m, "", vpath, st, parent, follow=False)
+                return found, st
+            return self._virtual(("v", vpath), Kind.DIR, vpath, parent), None
+        if ve.kind == "dir":
+            m, rel = self.plan.resolve(vpath)
+            root = self._roots.get(m.index)
+            if m.type == "chroot" and root is not None and root.is_dir:
+                try:
+                    fd = openat2(root.fd, rel, os.O_PATH | os.O_NOFOLLOW)
+                except OSError:
+                    pass
+                else:
+                    try:
+                        st = os.fstat(fd)
+                    finally:
+                        os.close(fd)
+                    if stat.S_ISDIR(st.st_mode):
+                        return self._dir_node(("d", m.index, st.st_dev, st.st_ino), vpath, m,
+                                              rel, parent), st
+            return self._virtual(("v", vpath), Kind.DIR, vpath, parent), None
+        if ve.kind == "opaque":
+            return self._virtual(("v", vpath), Kind.DIR, vpath, parent), None
+        if ve.kind == "placeholder":
+            return self._virtual(("v", vpath), Kind.PLACEHOLDER, vpath, parent), None
+        if ve.kind == "link":
+            return self._virtual(("v", vpath), Kind.LINK, vpath, parent, target=ve.target), None
+        if ve.kind == "attestation":
+            return self._virtual(("v", vpath), Kind.DIR, vpath, parent,
+                                 role="attestation"), None
+        raise AssertionError(ve.kind)
+
+    def _file_node(self, m: Mount, rel: str, vpath: str, st: os.stat_result, parent: int,
+                   *, follow: bool) -> Node:
+        host = _join_host(self._roots[m.index].host, rel)
+        policy, sha = self.classify(host)
+        key: tuple[Any, ...] = ("f", st.st_dev, st.st_ino, sha)
+        node = self._by_key.get(key)
+        if node is None:
+            node = self._register(Node(ino=self._ino_for(key), kind=Kind.FILE, vpath=vpath,
+                                       key=key, mount=m, rel=rel, host=host, policy=policy,
+                                       sha=sha, follow=follow, parent=parent))
+        else:
+            node.vpath, node.mount, node.rel, node.host = vpath, m, rel, host
+            node.follow, node.parent = follow, parent
+            if sha is None:
+                node.policy = max(node.policy, policy)
+        node.timeout = VOLATILE_TIMEOUT if policy is Policy.ALLOWED else STABLE_TIMEOUT
+        return node
+
+    def _host_node(self, m: Mount, rel: str, vpath: str, st: os.stat_result, parent: int,
+                   dirfd: int | None = None) -> tuple[Node, os.stat_result] | None:
+        """Node for a host entry whose lstat is ``st``; None if it must stay hidden."""
+        mode = st.st_mode
+        if stat.S_ISDIR(mode):
+            return self._dir_node(("d", m.index, st.st_dev, st.st_ino), vpath, m, rel,
+                                  parent), st
+        if stat.S_ISREG(mode):
+            return self._file_node(m, rel, vpath, st, parent, follow=False), st
+        host = _join_host(self._roots[m.index].host, rel)
+        if stat.S_ISLNK(mode):
+            policy, sha = self.classify(host)
+            if policy is Policy.TRUSTED:
+                tst = self._stat_follow(m, rel, dirfd)
+                if tst is not None and stat.S_ISREG(tst.st_mode):
+                    return self._file_node(m, rel, vpath, tst, parent, follow=True), tst
+            key: tuple[Any, ...] = ("l", st.st_dev, st.st_ino)
+            node = self._by_key.get(key)
+            if node is None:
+                node = self._register(Node(ino=self._ino_for(key), kind=Kind.LINK,
+                                           vpath=vpath, key=key, mount=m, rel=rel, host=host,
+                                           parent=parent))
+            else:
+                node.vpath, node.mount, node.rel, node.host = vpath, m, rel, host
+            node.timeout = self._timeout_for(host)
+            return node, st
+        if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+            policy, _ = self.classify(host)
+            if policy in (Policy.ALLOWED, Policy.LOGGED):
+                key = ("s", st.st_dev, st.st_ino)
+                node = self._by_key.get(key)
+                if node is None:
+                    node = self._register(Node(ino=self._ino_for(key), kind=Kind.SPECIAL,
+                                               vpath=vpath, key=key, mount=m, rel=rel,
+                                               host=host, policy=policy, parent=parent))
+                else:
+                    node.vpath, node.mount, node.rel, node.host = vpath, m, rel, host
+                node.timeout = VOLATILE_TIMEOUT
+                return node, st
+        return None
+
+    def _stat_follow(self, m: Mount, rel: str, dirfd: int | None) -> os.stat_result | None:
+        """stat() following the final symlink on the host (trusted links only)."""
+        try:
+            if dirfd is not None:
+                return os.stat(posixpath.basename(rel), dir_fd=dirfd)
+            pfd = self._parent_fd(m, rel)
+            try:
+                return os.stat(posixpath.basename(rel), dir_fd=pfd)
+            finally:
+                os.close(pfd)
+        except OSError:
+            return None
+
+    def _parent_fd(self, m: Mount, rel: str) -> int:
+        root = self._roots[m.index]
+        return openat2(root.fd, posixpath.dirname(rel), os.O_PATH | os.O_DIRECTORY)
+
+    def _dir_fd(self, node: Node) -> int:
+        """O_PATH descriptor of a host-backed directory node."""
+        if node.mount is None or node.kind is not Kind.DIR:
+            raise _fail(errno.EACCES)
+        root = self._roots.get(node.mount.index)
+        if root is None or not root.is_dir:
+            raise _fail(errno.EACCES)
+        return openat2(root.fd, node.rel, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW)
+
+    # ------------------------------------------------------------------ attributes
+
+    def _stat(self, node: Node) -> os.stat_result | None:
+        """Current host attributes of a host-backed node (None for virtual nodes)."""
+        if node.vstat is not None:
+            return node.vstat
+        for fh in node.handles:
+            h = self._handles.get(fh)
+            if h is not None and h.fd >= 0:
+                return os.fstat(h.fd)
+        if node.mount is None:
+            return None
+        root = self._roots[node.mount.index]
+        if not root.is_dir:
+            return os.stat(root.host)
+        if node.follow:
+            st = self._stat_follow(node.mount, node.rel, None)
+            if st is None:
+                raise _fail(errno.ENOENT)
+            return st
+        fd = openat2(root.fd, node.rel, os.O_PATH | os.O_NOFOLLOW)
+        try:
+            return os.fstat(fd)
+        finally:
+            os.close(fd)
+
+    def _attr(self, node: Node, st: os.stat_result | None = None) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = node.ino
+        a.generation = 0
+        a.entry_timeout = node.timeout
+        a.attr_timeout = node.timeout
+        if node.vstat is not None:
+            st = node.vstat
+        elif st is None and node.mount is not None:
+            st = self._stat(node)
+        if st is not None:
+            mode = st.st_mode
+            if node.policy is Policy.TRUSTED and node.kind is Kind.FILE:
+                mode &= ~0o7222  # read-only, and no set-id bits
+            a.st_mode = mode
+            a.st_nlink = st.st_nlink
+            a.st_uid, a.st_gid = self.owner if self.owner else (st.st_uid, st.st_gid)
+            a.st_size = st.st_size
+            a.st_blksize = st.st_blksize
+            a.st_blocks = st.st_blocks
+            a.st_atime_ns = st.st_atime_ns
+            a.st_mtime_ns = st.st_mtime_ns
+            a.st_ctime_ns = st.st_ctime_ns
+            a.st_rdev = 0
+            return a
+        # virtual node
+        if node.kind is Kind.DIR:
+            a.st_mode = stat.S_IFDIR | 0o755
+            a.st_nlink = 2
+        elif node.kind is Kind.LINK:
+            a.st_mode = stat.S_IFLNK | 0o777
+            a.st_nlink = 1
+            a.st_size = len(os.fsencode(node.target or ""))
+        elif node.kind is Kind.PLACEHOLDER:
+            a.st_mode = stat.S_IFREG | 0o666
+            a.st_nlink = 1
+        elif node.kind is Kind.PSEUDO:
+            assert node.pseudo is not None
+            a.st_mode = stat.S_IFREG | node.pseudo.mode
+            a.st_nlink = 1
+            a.st_size = node.pseudo.size()
+        uid, gid = self.owner if self.owner else (os.getuid(), os.getgid())
+        a.st_uid, a.st_gid = uid, gid
+        a.st_blksize = 4096
+        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = self._start
+        return a
+
+    # ------------------------------------------------------------------ lookup
+
+    def _child(self, parent: Node, name: str) -> tuple[Node, os.stat_result | None] | None:
+        if name in (".", "..") or "/" in name or "\0" in name:
+            return None
+        if parent.role == "attestation":
+            if name == "keys":
+                return self._virtual(("v", "/dev/attestation/keys"), Kind.DIR,
+                                     "/dev/attestation/keys", parent.ino, role="keys",
+                                     timeout=0.0), None
+            pf = self.attestation.files.get(name)
+            if pf is None:
+                return None
+            return self._virtual(("att", name), Kind.PSEUDO, _join_view(parent.vpath, name),
+                                 parent.ino, pseudo=pf, timeout=0.0), None
+        if parent.role == "keys":
+            if name not in self.keys:
+                return None
+            return self._key_node(name, parent.ino), None
+        vpath = _join_view(parent.vpath, name)
+        ve = self._vtree.get(parent.vpath, {}).get(name)
+        if ve is not None:
+            return self._vnode(vpath, ve, parent.ino)
+        if parent.mount is None:
+            return None
+        root = self._roots[parent.mount.index]
+        rel = _join_rel(parent.rel, name)
+        try:
+            fd = openat2(root.fd, rel, os.O_PATH | os.O_NOFOLLOW)
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.ENOTDIR):
+                return None
+            raise
+        try:
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        found = self._host_node(parent.mount, rel, vpath, st, parent.ino)
+        if found is None:
+            log.warning("hiding %s (host %s): special files are not passed through", vpath,
+                        _join_host(root.host, rel))
+            raise _fail(errno.EACCES)
+        return found
+
+    def _key_node(self, name: str, parent: int) -> Node:
+        return self._virtual(("key", name), Kind.PSEUDO, f"/dev/attestation/keys/{name}",
+                             parent, pseudo=self.attestation.key_file(name), timeout=0.0)
+
+    @_op
+    async def lookup(self, parent_inode: pyfuse3.InodeT, name: bytes,
+                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        parent = self._get(parent_inode)
+        if parent.kind is not Kind.DIR:
+            raise _fail(errno.ENOTDIR)
+        found = self._child(parent, os.fsdecode(name))
+        if found is None:
+            if parent.role is not None:
+                raise _fail(errno.ENOENT)  # not cached: keys come and go
+            neg = pyfuse3.EntryAttributes()
+            neg.st_ino = 0
+            neg.entry_timeout = parent.timeout
+            return neg
+        node, st = found
+        attr = self._attr(node, st)
+        node.lookups += 1
+        return attr
+
+    async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
+        self.stats["forget"] += 1
+        for ino, count in inode_list:
+            node = self._nodes.get(ino)
+            if node is None:
+                continue
+            node.lookups -= count
+            if node.lookups <= 0 and not node.permanent and not node.handles:
+                del self._nodes[ino]
+                if self._by_key.get(node.key) is node:
+                    del self._by_key[node.key]
+
+    @_op
+    async def getattr(self, inode: pyfuse3.InodeT,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self._attr(self._get(inode))
+
+    @_op
+    async def readlink(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> bytes:
+        node = self._get(inode)
+        if node.kind is not Kind.LINK:
+            raise _fail(errno.EINVAL)
+        if node.mount is None:
+            return os.fsencode(node.target or "")
+        root = self._roots[node.mount.index]
+        fd = openat2(root.fd, node.rel, os.O_PATH | os.O_NOFOLLOW)
+        try:
+            return os.fsencode(os.readlink("", dir_fd=fd))
+        finally:
+            os.close(fd)
+
+    @_op
+    async def access(self, inode: pyfuse3.InodeT, mode: int,
+                     ctx: pyfuse3.RequestContext) -> bool:
+        node = self._get(inode)
+        if node.kind is Kind.FILE:
+            if node.policy is Policy.TRUSTED:
+                return not mode & os.W_OK
+            return node.policy is not Policy.DENIED or mode == os.F_OK
+        if node.kind is Kind.DIR and mode & os.W_OK:
+            if node.role == "keys":
+                return True
+            return node.mount is not None and (
+                self.classify(node.host)[0] in (Policy.ALLOWED, Policy.LOGGED))
+        if node.kind is Kind.PSEUDO and mode & os.W_OK:
+            assert node.pseudo is not None
+            return bool(node.pseudo.mode & 0o200)
+        return True
+
+    # ------------------------------------------------------------------ directories
+
+    def _listing(self, node: Node) -> list[tuple[str, Any]]:
+        """Raw entries of a directory: (name, _VEntry | os.stat_result | str)."""
+        now = time.monotonic()
+        if node.listing is not None and now < node.listing_expiry:
+            return node.listing
+        entries: list[tuple[str, Any]] = []
+        if node.role == "attestation":
+            entries.append(("keys", "keys"))
+            entries.extend((name, "att") for name in self.attestation.files)
+        elif node.role == "keys":
+            entries.extend((name, "key") for name in sorted(self.keys))
+        else:
+            virtual = self._vtree.get(node.vpath, {})
+            entries.extend(virtual.items())
+            if node.mount is not None:
+                root = self._roots[node.mount.index]
+                fd = openat2(root.fd, node.rel, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+                try:
+                    with os.scandir(fd) as it:
+                        for e in it:
+                            if e.name in virtual:
+                                continue
+                            try:
+                                entries.append((e.name, e.stat(follow_symlinks=False)))
+                            except OSError:
+                                continue
+                finally:
+                    os.close(fd)
+        if node.role is None:
+            node.listing = entries
+            node.listing_expiry = now + node.timeout
+        return entries
+
+    @_op
+    async def opendir(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> int:
+        node = self._get(inode)
+        if node.kind is not Kind.DIR:
+            raise _fail(errno.ENOTDIR)
+        entries = self._listing(node)
+        fh = self._next_fh
+        self._next_fh += 1
+        self._dirs[fh] = _Dir(node=node, entries=entries)
+        return fh
+
+    def _materialize(self, d: _Dir, name: str, info: Any,
+                     dirfd_cache: list[int]) -> tuple[Node, os.stat_result | None] | None:
+        parent = d.node
+        if isinstance(info, _VEntry):
+            return self._vnode(_join_view(parent.vpath, name), info, parent.ino)
+        if info == "keys" or info == "att":
+            return self._child(parent, name)
+        if info == "key":
+            if name not in self.keys:
+                return None
+            return self._key_node(name, parent.ino), None
+        assert parent.mount is not None
+        st: os.stat_result = info
+        dirfd = None
+        if stat.S_ISLNK(st.st_mode):
+            if not dirfd_cache:
+                dirfd_cache.append(self._dir_fd(parent))
+            dirfd = dirfd_cache[0]
+        return self._host_node(parent.mount, _join_rel(parent.rel, name),
+                               _join_view(parent.vpath, name), st, parent.ino, dirfd)
+
+    @_op
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        d = self._dirs.get(fh)
+        if d is None:
+            raise _fail(errno.EBADF)
+        node = d.node
+        if start_id == 0:
+            if not pyfuse3.readdir_reply(token, b".", self._attr(node), 1):
+                return
+            start_id = 1
+        if start_id == 1:
+            parent = self._nodes.get(node.parent, node)
+            if not pyfuse3.readdir_reply(token, b"..", self._attr(parent), 2):
+                return
+            start_id = 2
+        dirfd_cache: list[int] = []
+        try:
+            for i in range(start_id - 2, len(d.entries)):
+                name, info = d.entries[i]
+                try:
+                    found = self._materialize(d, name, info, dirfd_cache)
+                except OSError:
+                    continue
+                if found is None:
+                    continue
+                child, st = found
+                try:
+                    attr = self._attr(child, st)
+                except (OSError, pyfuse3.FUSEError):
+                    continue
+                if not pyfuse3.readdir_reply(token, os.fsencode(name), attr, i + 3):
+                    break
+                child.lookups += 1
+        finally:
+            for fd in dirfd_cache:
+                os.close(fd)
+
+    @_op
+    async def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    # ------------------------------------------------------------------ open / read / write
+
+    def _open_host(self, node: Node, flags: int, mode: int = 0) -> int:
+        assert node.mount is not None
+        root = self._roots[node.mount.index]
+        if not root.is_dir:
+            return os.open(root.host, flags | os.O_CLOEXEC | os.O_NOCTTY)
+        if node.follow:
+            pfd = self._parent_fd(node.mount, node.rel)
+            try:
+                return os.open(posixpath.basename(node.rel), flags | os.O_CLOEXEC | os.O_NOCTTY,
+                               dir_fd=pfd)
+            finally:
+                os.close(pfd)
+        return openat2(root.fd, node.rel, flags | os.O_NOFOLLOW | os.O_NOCTTY, mode)
+
+    def _new_handle(self, h: _Handle) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = h
+        h.node.handles.add(fh)
+        return fh
+
+    async def _verify(self, node: Node, fd: int) -> None:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _fail(errno.EACCES)
+        size = st.st_size
+        keep = self.store_verified and size <= STORE_MAX
+        try:
+            if size >= THREAD_HASH_MIN:
+                digest, table, blocks = await trio.to_thread.run_sync(
+                    functools.partial(_hash_fd, fd, size, keep=keep,
+                                      parallel=size >= PARALLEL_HASH_MIN))
+            else:
+                digest, table, blocks = _hash_fd(fd, size, keep=keep)
+        except OSError as e:
+            log.error("cannot verify trusted file %s (host %s): %s", node.vpath, node.host,
+                      e.strerror)
+            raise _fail(errno.EACCES) from None
+        self.verified_bytes += size
+        if digest != node.sha:
+            log.error("trusted file %s (host %s) does not match its sha256 in the manifest; "
+                      "access denied", node.vpath, node.host)
+            raise _fail(errno.EACCES)
+        node.chunks = table
+        node.vstat = st
+        log.debug("verified trusted file %s (%d bytes)", node.vpath, size)
+        if blocks:
+            # Only now, after the whole file matched, hand the very bytes that were hashed
+            # to the kernel page cache.
+            try:
+                off = 0
+                for block in blocks:
+                    pyfuse3.notify_store(node.ino, off, block)
+                    off += len(block)
+            except OSError as e:
+                log.debug("notify_store of %s failed (%s); reads will be served and "
+                          "re-verified by chunk", node.vpath, e.strerror)
+                if e.errno == errno.ENOSYS:
+                    self.store_verified = False
+
+    @_op
+    async def open(self, inode: pyfuse3.InodeT, flags: int,
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        node = self._get(inode)
+        acc = flags & os.O_ACCMODE
+        if node.kind is Kind.PSEUDO:
+            assert node.pseudo is not None
+            ph = node.pseudo.open(ctx.pid, flags)
+            if flags & os.O_TRUNC:
+                ph.truncate(0)
+            fh = self._new_handle(_Handle(node=node, pseudo=ph))
+            return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
+        if node.kind is Kind.PLACEHOLDER:
+            raise _fail(errno.ENXIO)
+        if node.kind is not Kind.FILE:
+            raise _fail(errno.EACCES)
+        if node.policy is Policy.TRUSTED:
+            if acc != os.O_RDONLY or flags & os.O_TRUNC:
+                log.error("refusing to open trusted file %s (host %s) for writing", node.vpath,
+                          node.host)
+                raise _fail(errno.EACCES)
+            fd = self._open_host(node, os.O_RDONLY)
+            try:
+                if node.chunks is None:
+                    if node.lock is None:
+                        node.lock = trio.Lock()
+                    async with node.lock:
+                        if node.chunks is None:
+                            await self._verify(node, fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            fh = self._new_handle(_Handle(node=node, fd=fd, trusted=True))
+            return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=False)
+        if node.policy is Policy.DENIED:
+            # re-check: the file may have become allowed through another name
+            policy, _ = self.classify(node.host)
+            if policy is Policy.DENIED:
+                log.warning("refusing to open %s (host %s): neither trusted nor allowed",
+                            node.vpath, node.host)
+                raise _fail(errno.EACCES)
+        elif node.policy is Policy.LOGGED:
+            log.warning("allowing access to %s (host %s), which is neither trusted nor "
+                        "allowed, because of sgx.file_check_policy", node.vpath, node.host)
+        fd = self._open_host(node, flags & _HOST_OPEN_FLAGS)
+        fh = self._new_handle(_Handle(node=node, fd=fd, writable=acc != os.O_RDONLY))
+        if flags & os.O_TRUNC and node.parent in self._nodes:
+            self._nodes[node.parent].listing = None
+        return pyfuse3.FileInfo(fh=fh, keep_cache=False, direct_io=False)
+
+    @_op
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        h = self._handles.get(fh)
+        if h is None:
+            raise _fail(errno.EBADF)
+        if h.pseudo is not None:
+            return h.pseudo.read(off, size)
+        if not h.trusted:
+            return os.pread(h.fd, size, off)
+        node = h.node
+        table = node.chunks
+        vst = node.vstat
+        assert table is not None and vst is not None
+        total = vst.st_size
+        if off >= total or size <= 0:
+            return b""
+        end = min(off + size, total)
+        start = off - off % CHUNK_SIZE
+        stop = min(total, -(-end // CHUNK_SIZE) * CHUNK_SIZE)
+        data = _pread_full(h.fd, stop - start, start)
+        if len(data) != stop - start:
+            log.error("trusted file %s (host %s) changed after verification (now shorter); "
+                      "read refused", node.vpath, node.host)
+            raise _fail(errno.EIO)
+        mv = memoryview(data)
+        sha256 = hashlib.sha256
+        k = start // CHUNK_SIZE
+        for i in range(0, stop - start, CHUNK_SIZE):
+            want = table[k * CHUNK_HASH_SIZE:(k + 1) * CHUNK_HASH_SIZE]
+            if sha256(mv[i:i + CHUNK_SIZE]).digest()[:CHUNK_HASH_SIZE] != want:
+                log.error("trusted file %s (host %s) changed after verification (chunk at "
+                          "offset %d); read refused", node.vpath, node.host, k * CHUNK_SIZE)
+                raise _fail(errno.EIO)
+            k += 1
+        if start == off and stop == end:
+            return data
+        return data[off - start:end - start]
+
+    @_op
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        h = self._handles.get(fh)
+        if h is None:
+            raise _fail(errno.EBADF)
+        if h.pseudo is not None:
+            return h.pseudo.write(off, buf)
+        if h.trusted or not h.writable:
+            raise _fail(errno.EBADF)
+        view = memoryview(buf)
+        done = 0
+        while done < len(buf):
+            n = os.pwrite(h.fd, view[done:], off + done)
+            if n <= 0:
+                raise _fail(errno.EIO)
+            done += n
+        return done
+
+    @_op
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        h = self._handles.get(fh)
+        if h is None:
+            raise _fail(errno.EBADF)
+        if h.fd >= 0 and h.writable:
+            if datasync:
+                os.fdatasync(h.fd)
+            else:
+                os.fsync(h.fd)
+
+    @_op
+    async def release(self, fh: int) -> None:
+        h = self._handles.pop(fh, None)
+        if h is None:
+            return
+        h.node.handles.discard(fh)
+        if h.pseudo is not None:
+            h.pseudo.release()
+        if h.fd >= 0:
+            os.close(h.fd)
+            h.fd = -1
+        node = h.node
+        if node.lookups <= 0 and not node.permanent and not node.handles:
+            self._nodes.pop(node.ino, None)
+            if self._by_key.get(node.key) is node:
+                del self._by_key[node.key]
+
+    # ------------------------------------------------------------------ changes
+
+    def _mutable_dir(self, parent: Node, name: str) -> tuple[str, str, str]:
+        """(rel, host, vpath) of a new entry ``name`` in a host-backed directory."""
+        if parent.kind is not Kind.DIR:
+            raise _fail(errno.ENOTDIR)
+        if name in (".", "..") or "/" in name:
+            raise _fail(errno.EINVAL)
+        if name in self._vtree.get(parent.vpath, {}):
+            raise _fail(errno.EBUSY)
+        if parent.mount is None or parent.role is not None:
+            raise _fail(errno.EACCES)
+        root = self._roots[parent.mount.index]
+        rel = _join_rel(parent.rel, name)
+        return rel, _join_host(root.host, rel), _join_view(parent.vpath, name)
+
+    def _new_entry(self, parent: Node, rel: str, vpath: str, pfd: int,
+                   name: str) -> tuple[Node, os.stat_result]:
+        assert parent.mount is not None
+        st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+        found = self._host_node(parent.mount, rel, vpath, st, parent.ino, pfd)
+        if found is None:
+            raise _fail(errno.EACCES)
+        parent.listing = None
+        node, st2 = found
+        return node, st2
+
+    @_op
+    async def create(self, parent_inode: pyfuse3.InodeT, name: bytes, mode: int, flags: int,
+                     ctx: pyfuse3.RequestContext
+                     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        parent = self._get(parent_inode)
+        sname = os.fsdecode(name)
+        if parent.role == "keys":
+            if "/" in sname or sname in (".", ".."):
+                raise _fail(errno.EINVAL)
+            node = self._key_node(sname, parent.ino)
+            assert node.pseudo is not None
+            fh = self._new_handle(_Handle(node=node, pseudo=node.pseudo.open(ctx.pid, flags)))
+            attr = self._attr(node)
+            node.lookups += 1
+            return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False), attr
+        rel, host, vpath = self._mutable_dir(parent, sname)
+        self._check_change(host, vpath, "create")
+        pfd = self._dir_fd(parent)
+        try:
+            oflags = (flags & (_HOST_OPEN_FLAGS | os.O_EXCL)) | os.O_CREAT | os.O_NOFOLLOW
+            fd = os.open(sname, oflags | os.O_CLOEXEC | os.O_NOCTTY, mode & 0o777, dir_fd=pfd)
+            try:
+                node, st = self._new_entry(parent, rel, vpath, pfd, sname)
+            except BaseException:
+                os.close(fd)
+                raise
+        finally:
+            os.close(pfd)
+        fh = self._new_handle(_Handle(node=node, fd=fd,
+                                      writable=flags & os.O_ACCMODE != os.O_RDONLY))
+        attr = self._attr(node, st)
+        node.lookups += 1
+        return pyfuse3.FileInfo(fh=fh, keep_cache=False, direct_io=False), attr
+
+    @_op
+    async def mkdir(self, parent_inode: pyfuse3.InodeT, name: bytes, mode: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        parent = self._get(parent_inode)
+        sname = os.fsdecode(name)
+        rel, host, vpath = self._mutable_dir(parent, sname)
+        self._check_change(host, vpath, "create directory")
+        pfd = self._dir_fd(parent)
+        try:
+            os.mkdir(sname, mode & 0o1777, dir_fd=pfd)
+            node, st = self._new_entry(parent, rel, vpath, pfd, sname)
+        finally:
+            os.close(pfd)
+        attr = self._attr(node, st)
+        node.lookups += 1
+        return attr
+
+    @_op
+    async def mknod(self, parent_inode: pyfuse3.InodeT, name: bytes, mode: int, rdev: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+            raise _fail(errno.EPERM)
+        parent = self._get(parent_inode)
+        sname = os.fsdecode(name)
+        rel, host, vpath = self._mutable_dir(parent, sname)
+        self._check_change(host, vpath, "create")
+        pfd = self._dir_fd(parent)
+        try:
+            os.mknod(sname, stat.S_IFMT(mode) | (mode & 0o777), 0, dir_fd=pfd)
+            node, st = self._new_entry(parent, rel, vpath, pfd, sname)
+        finally:
+            os.close(pfd)
+        attr = self._attr(node, st)
+        node.lookups += 1
+        return attr
+
+    @_op
+    async def symlink(self, parent_inode: pyfuse3.InodeT, name: bytes, target: bytes,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        parent = self._get(parent_inode)
+        sname = os.fsdecode(name)
+        rel, host, vpath = self._mutable_dir(parent, sname)
+        self._check_change(host, vpath, "create symlink")
+        pfd = self._dir_fd(parent)
+        try:
+            os.symlink(os.fsdecode(target), sname, dir_fd=pfd)
+            node, st = self._new_entry(parent, rel, vpath, pfd, sname)
+        finally:
+            os.close(pfd)
+        attr = self._attr(node, st)
+        node.lookups += 1
+        return attr
+
+    @_op
+    async def link(self, inode: pyfuse3.InodeT, new_parent_inode: pyfuse3.InodeT,
+                   new_name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        node = self._get(inode)
+        parent = self._get(new_parent_inode)
+        sname = os.fsdecode(new_name)
+        rel, host, vpath = self._mutable_dir(parent, sname)
+        if node.kind not in (Kind.FILE, Kind.LINK, Kind.SPECIAL) or node.mount is None:
+            raise _fail(errno.EPERM)
+        if parent.mount is None or node.mount.index != parent.mount.index:
+            raise _fail(errno.EXDEV)
+        if node.follow or not self._roots[node.mount.index].is_dir:
+            raise _fail(errno.EPERM)
+        self._check_change(node.host, node.vpath, "link")
+        self._check_change(host, vpath, "create link")
+        src_pfd = self._parent_fd(node.mount, node.rel)
+        try:
+            pfd = self._dir_fd(parent)
+            try:
+                os.link(posixpath.basename(node.rel), sname, src_dir_fd=src_pfd,
+                        dst_dir_fd=pfd, follow_symlinks=False)
+                new, st = self._new_entry(parent, rel, vpath, pfd, sname)
+            finally:
+                os.close(pfd)
+        finally:
+            os.close(src_pfd)
+        attr = self._attr(new, st)
+        new.lookups += 1
+        return attr
+
+    def _remove(self, parent_inode: int, name: bytes, *, directory: bool) -> None:
+        parent = self._get(parent_inode)
+        sname = os.fsdecode(name)
+        if parent.role is not None:
+            raise _fail(errno.EPERM)
+        rel, host, vpath = self._mutable_dir(parent, sname)
+        self._check_change(host, vpath, "remove")
+        pfd = self._dir_fd(parent)
+        try:
+            if directory:
+                os.rmdir(sname, dir_fd=pfd)
+            else:
+                os.unlink(sname, dir_fd=pfd)
+        finally:
+            os.close(pfd)
+        parent.listing = None
+
+    @_op
+    async def unlink(self, parent_inode: pyfuse3.InodeT, name: bytes,
+                     ctx: pyfuse3.RequestContext) -> None:
+        self._remove(parent_inode, name, directory=False)
+
+    @_op
+    async def rmdir(self, parent_inode: pyfuse3.InodeT, name: bytes,
+                    ctx: pyfuse3.RequestContext) -> None:
+        self._remove(parent_inode, name, directory=True)
+
+    def _moved(self, node: Node, mount: Mount, rel: str, vpath: str) -> None:
+        old_rel, old_vpath = node.rel, node.vpath
+        root = self._roots[mount.index]
+        node.rel, node.vpath, node.host = rel, vpath, _join_host(root.host, rel)
+        if node.kind is Kind.FILE and node.sha is None:
+            node.policy, _ = self.classify(node.host)
+        if node.kind is Kind.DIR:
+            prefix = old_rel + "/"
+            for other in self._nodes.values():
+                if other.mount is mount and other.rel.startswith(prefix):
+                    other.rel = rel + other.rel[len(old_rel):]
+                    other.vpath = vpath + other.vpath[len(old_vpath):]
+                    other.host = _join_host(root.host, other.rel)
+                    other.listing = None
+
+    def _node_at(self, mount: Mount, st: os.stat_result) -> Node | None:
+        for key in (("d", mount.index, st.st_dev, st.st_ino), ("f", st.st_dev, st.st_ino, None),
+                    ("l", st.st_dev, st.st_ino), ("s", st.st_dev, st.st_ino)):
+            node = self._by_key.get(key)
+            if node is not None:
+                return node
+        return None
+
+    @_op
+    async def rename(self, parent_inode_old: pyfuse3.InodeT, name_old: bytes,
+                     parent_inode_new: pyfuse3.InodeT, name_new: bytes, flags: int,
+                     ctx: pyfuse3.RequestContext) -> None:
+        po, pn = self._get(parent_inode_old), self._get(parent_inode_new)
+        so, sn = os.fsdecode(name_old), os.fsdecode(name_new)
+        rel_o, host_o, vpath_o = self._mutable_dir(po, so)
+        rel_n, host_n, vpath_n = self._mutable_dir(pn, sn)
+        assert po.mount is not None and pn.mount is not None
+        if po.mount.index != pn.mount.index:
+            raise _fail(errno.EXDEV)
+        mount = po.mount
+        self._check_change(host_o, vpath_o, "rename")
+        self._check_change(host_n, vpath_n, "replace")
+        pfo = self._dir_fd(po)
+        try:
+            pfn = self._dir_fd(pn)
+            try:
+                st_o = os.stat(so, dir_fd=pfo, follow_symlinks=False)
+                st_n: os.stat_result | None = None
+                if flags & pyfuse3.RENAME_EXCHANGE:
+                    st_n = os.stat(sn, dir_fd=pfn, follow_symlinks=False)
+                _renameat2_call(pfo, so, pfn, sn, flags)
+            finally:
+                os.close(pfn)
+        finally:
+            os.close(pfo)
+        moved = self._node_at(mount, st_o)
+        other = self._node_at(mount, st_n) if st_n is not None else None
+        if moved is not None:
+            self._moved(moved, mount, rel_n, vpath_n)
+        if other is not None:
+            self._moved(other, mount, rel_o, vpath_o)
+        po.listing = None
+        pn.listing = None
+
+    @_op
+    async def setattr(self, inode: pyfuse3.InodeT, attr: pyfuse3.EntryAttributes,
+                      fields: pyfuse3.SetattrFields, fh: int | None,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        node = self._get(inode)
+        if node.kind is Kind.PSEUDO:
+            h = self._handles.get(fh) if fh is not None else None
+            if fields.update_size:
+                if h is not None and h.pseudo is not None:
+                    h.pseudo.truncate(attr.st_size)
+                elif attr.st_size != 0:
+                    raise _fail(errno.EACCES)
+            elif fields.update_mode or fields.update_atime or fields.update_mtime:
+                raise _fail(errno.EPERM)
+            return self._attr(node)
+        if node.mount is None:
+            raise _fail(errno.EPERM)
+        if node.kind is Kind.FILE:
+            if node.policy is Policy.TRUSTED:
+                log.error("refusing to change trusted file %s (host %s)", node.vpath, node.host)
+                raise _fail(errno.EACCES)
+            self._check_change(node.host, node.vpath, "change")
+        elif node.kind in (Kind.DIR, Kind.LINK, Kind.SPECIAL):
+            if node.rel == "" and node.kind is Kind.DIR and (
+                    fields.update_size or fields.update_mode):
+                raise _fail(errno.EACCES)
+            self._check_change(node.host, node.vpath, "change")
+        h = self._handles.get(fh) if fh is not None else None
+        if fields.update_size:
+            if node.kind is not Kind.FILE:
+                raise _fail(errno.EINVAL)
+            if h is not None and h.writable and h.fd >= 0:
+                os.ftruncate(h.fd, attr.st_size)
+            else:
+                fd = self._open_host(node, os.O_WRONLY)
+                try:
+                    os.ftruncate(fd, attr.st_size)
+                finally:
+                    os.close(fd)
+        if fields.update_mode or fields.update_atime or fields.update_mtime:
+            self._set_meta(node, attr, fields)
+        # update_uid / update_gid: accepted and ignored (ownership is not passed through)
+        return self._attr(node)
+
+    def _set_meta(self, node: Node, attr: pyfuse3.EntryAttributes,
+                  fields: pyfuse3.SetattrFields) -> None:
+        assert node.mount is not None
+        if node.kind is Kind.LINK:
+            if fields.update_atime or fields.update_mtime:
+                cur = self._stat(node)
+                assert cur is not None
+                at = attr.st_atime_ns if fields.update_atime else cur.st_atime_ns
+                mt = attr.st_mtime_ns if fields.update_mtime else cur.st_mtime_ns
+                pfd = self._parent_fd(node.mount, node.rel)
+                try:
+                    os.utime(posixpath.basename(node.rel), ns=(at, mt), dir_fd=pfd,
+                             follow_symlinks=False)
+                finally:
+                    os.close(pfd)
+            return
+        if node.kind is Kind.DIR:
+            root = self._roots[node.mount.index]
+            fd = openat2(root.fd, node.rel, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        else:
+            fd = self._open_host(node, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            if fields.update_mode:
+                os.fchmod(fd, stat.S_IMODE(attr.st_mode))
+            if fields.update_atime or fields.update_mtime:
+                cur = os.fstat(fd)
+                at = attr.st_atime_ns if fields.update_atime else cur.st_atime_ns
+                mt = attr.st_mtime_ns if fields.update_mtime else cur.st_mtime_ns
+                os.utime(fd, ns=(at, mt))
+        finally:
+            os.close(fd)
+
+    @_op
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        s = pyfuse3.StatvfsData()
+        mount, _ = self.plan.resolve("/")
+        root = self._roots.get(mount.index)
+        if root is not None:
+            v = os.fstatvfs(root.fd)
+            s.f_bsize, s.f_frsize = v.f_bsize, v.f_frsize
+            s.f_blocks, s.f_bfree, s.f_bavail = v.f_blocks, v.f_bfree, v.f_bavail
+            s.f_files, s.f_ffree, s.f_favail = v.f_files, v.f_ffree, v.f_favail
+            s.f_namemax = v.f_namemax
+        else:
+            s.f_bsize = s.f_frsize = 4096
+            s.f_namemax = 255
+        return s
+
+
+# ------------------------------------------------------------------------------------------
+# serving
+# ------------------------------------------------------------------------------------------
+
+
+def _raise_nofile_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def serve(fs: ViewFS, mountpoint: Path, *,
+                ready: Callable[[], None] | None = None,
+                options: Sequence[str] = MOUNT_OPTIONS) -> None:
+    """Mount ``fs`` at ``mountpoint`` and serve it until unmounted or cancelled."""
+    mnt = Path(mountpoint)
+    if not mnt.is_dir():
+        raise GeodeError("mount point is not a directory", where=str(mnt))
+    _raise_nofile_limit()
+    try:
+        pyfuse3.init(fs, str(mnt), set(options))
+    except RuntimeError as e:
+        fuse = "/dev/fuse is missing" if not os.path.exists("/dev/fuse") else str(e)
+        raise GeodeError(f"cannot mount the view with FUSE: {fuse}", where=str(mnt)) from None
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pyfuse3.main)
+            # The first stat completes the FUSE handshake: the view is live after it.
+            try:
+                await trio.to_thread.run_sync(os.stat, mnt)
+            except OSError as e:
+                raise GeodeError(f"the view did not come up: {e.strerror}",
+                                 where=str(mnt)) from None
+            log.debug("view mounted at %s", mnt)
+            if ready is not None:
+                ready()
+    finally:
+        with trio.CancelScope(shield=True):
+            pyfuse3.close(unmount=True)
+            fs.close()
+
+
+# ------------------------------------------------------------------------------------------
+# debugging / benchmark entry point: python -m geode.runtime.viewfs MANIFEST MOUNTPOINT
+# ------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import json
+    import signal
+    import tomllib
+
+    p = argparse.ArgumentParser(
+        prog="python -m geode.runtime.viewfs",
+        description="Serve the view of a rendered manifest at MOUNTPOINT until SIGTERM/SIGINT "
+                    "(debugging and benchmarks; `geode run` is the real entry point).")
+    p.add_argument("manifest", type=Path)
+    p.add_argument("mountpoint", type=Path)
+    p.add_argument("--base-dir", type=Path, default=Path("."))
+    p.add_argument("--log-level", default="warning")
+    p.add_argument("--ready-file", type=Path, help="created once the view is live")
+    p.add_argument("--stats-file", type=Path, help="request counts (JSON) written at exit")
+    p.add_argument("--no-store", action="store_true",
+                   help="do not push verified files into the page cache (for measurements)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="geode.fs %(levelname)s: %(message)s")
+    try:
+        manifest = tomllib.loads(args.manifest.read_text())
+        plan = ViewPlan.from_manifest(manifest, base_dir=args.base_dir)
+        fs = ViewFS(plan, manifest)
+        fs.store_verified = not args.no_store
+    except (GeodeError, OSError, tomllib.TOMLDecodeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+    def on_ready() -> None:
+        if args.ready_file is not None:
+            args.ready_file.write_text("ready\n")
+
+    async def run() -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                async def serve_then_stop() -> None:
+                    await serve(fs, args.mountpoint, ready=on_ready)
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(serve_then_stop)
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    break
+
+    try:
+        trio.run(run)
+    except GeodeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if args.stats_file is not None:
+            stats = dict(fs.stats)
+            stats["total"] = sum(fs.stats.values())
+            stats["verified_bytes"] = fs.verified_bytes
+            stats["busy_ms"] = round(fs.busy_ns / 1e6, 3)
+            args.stats_file.write_text(json.dumps(stats, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,735 @@
+"""The view file system on real FUSE mounts (root only).
+
+Each view is served by ``python -m geode.runtime.viewfs`` in a subprocess, so that the test
+process can do blocking file I/O (and fork into a chroot of the view) while the view is
+served; the fixture always unmounts (``fusermount3 -u -z``) and kills the server.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import pickle
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tomli_w
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None,
+    reason="real FUSE mounts need root, /dev/fuse and fusermount3",
+)
+
+KiB = 1024
+MiB = 1024 * KiB
+LIBDIR = Path("/usr/lib/x86_64-linux-gnu")
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def is_mounted(path: Path) -> bool:
+    target = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == target for line in f)
+
+
+@dataclass
+class View:
+    mnt: Path
+    proc: subprocess.Popen[bytes]
+    log: Path
+    stats_file: Path
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def log_text(self) -> str:
+        return self.log.read_text()
+
+    def stop(self) -> dict[str, Any]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], stderr=subprocess.DEVNULL,
+                       check=False)
+        if self.stats_file.exists():
+            self.stats = json.loads(self.stats_file.read_text())
+        return self.stats
+
+
+StartView = Callable[..., View]
+
+
+@pytest.fixture
+def start_view(tmp_path: Path) -> Iterator[StartView]:
+    views: list[View] = []
+
+    def start(manifest: dict[str, Any], *, base_dir: Path | None = None,
+              extra: tuple[str, ...] = ()) -> View:
+        n = len(views)
+        mnt = tmp_path / f"mnt{n}"
+        mnt.mkdir()
+        mfile = tmp_path / f"view{n}.toml"
+        mfile.write_text(tomli_w.dumps(manifest))
+        ready = tmp_path / f"ready{n}"
+        log = tmp_path / f"view{n}.log"
+        stats_file = tmp_path / f"stats{n}.json"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "geode.runtime.viewfs", str(mfile), str(mnt),
+             "--base-dir", str(base_dir or tmp_path), "--ready-file", str(ready),
+             "--stats-file", str(stats_file), "--log-level", "info", *extra],
+            stdout=subprocess.DEVNULL, stderr=open(log, "wb"))  # noqa: SIM115
+        view = View(mnt, proc, log, stats_file)
+        views.append(view)
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            if proc.poll() is not None:
+                raise AssertionError(f"view server exited: {log.read_text()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"view did not come up: {log.read_text()}")
+            time.sleep(0.01)
+        return view
+
+    yield start
+    for v in views:
+        v.stop()
+    for v in views:
+        assert not is_mounted(v.mnt), f"stale mount at {v.mnt}"
+
+
+def in_view(mnt: Path, fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` in a forked child chrooted into the view; return its result or exception."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.close(r)
+        try:
+            os.chroot(mnt)
+            os.chdir("/")
+            result: Any = ("ok", fn())
+        except BaseException as e:  # noqa: BLE001
+            result = ("err", e if isinstance(e, OSError) else RuntimeError(
+                traceback.format_exc()))
+        with os.fdopen(w, "wb") as f:
+            pickle.dump(result, f)
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    kind, value = pickle.loads(data)
+    if kind == "err":
+        raise value
+    return value
+
+
+def read_in_view(mnt: Path, path: str) -> bytes:
+    def read() -> bytes:
+        with open(path, "rb") as f:
+            return f.read()
+    return bytes(in_view(mnt, read))
+
+
+def trusted(path: Path) -> dict[str, str]:
+    return {"uri": f"file:{path}", "sha256": sha256_file(path)}
+
+
+# ------------------------------------------------------------------------------------------
+# trusted files
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "small.txt").write_bytes(b"hello trusted\n")
+    (root / "big.bin").write_bytes(os.urandom(300 * KiB + 123))
+    (root / "untrusted.txt").write_bytes(b"not in the manifest\n")
+    return root
+
+
+def base_manifest(root: Path, trusted_paths: list[Path], **sgx: Any) -> dict[str, Any]:
+    return {"fs": {"root": {"uri": f"file:{root}"}, "mounts": []},
+            "sgx": {"trusted_files": [trusted(p) for p in trusted_paths], **sgx}}
+
+
+def test_trusted_files_are_verified_once_and_read_only(start_view: StartView, tree: Path
+                                                       ) -> None:
+    files = [tree / "etc" / "small.txt", tree / "big.bin"]
+    view = start_view(base_manifest(tree, files))
+    big = (tree / "big.bin").read_bytes()
+    for _ in range(3):
+        assert (view.mnt / "big.bin").read_bytes() == big
+    assert (view.mnt / "etc" / "small.txt").read_bytes() == b"hello trusted\n"
+    with open(view.mnt / "big.bin", "rb") as f:  # unaligned reads across chunk boundaries
+        f.seek(16 * KiB - 5)
+        assert f.read(20) == big[16 * KiB - 5:16 * KiB + 15]
+        f.seek(len(big) - 3)
+        assert f.read(100) == big[-3:]
+    st = os.stat(view.mnt / "big.bin")
+    assert st.st_size == len(big)
+    assert stat.S_IMODE(st.st_mode) & 0o222 == 0
+    for flags in (os.O_WRONLY, os.O_RDWR, os.O_RDONLY | os.O_TRUNC):
+        with pytest.raises(PermissionError):
+            os.open(view.mnt / "big.bin", flags)
+    with pytest.raises(PermissionError):
+        os.truncate(view.mnt / "big.bin", 0)
+    with pytest.raises(PermissionError):
+        os.unlink(view.mnt / "big.bin")
+    with pytest.raises(PermissionError):
+        os.rename(view.mnt / "big.bin", view.mnt / "moved.bin")
+    with pytest.raises(PermissionError):
+        os.chmod(view.mnt / "big.bin", 0o777)
+    assert (tree / "big.bin").read_bytes() == big
+    stats = view.stop()
+    assert stats["verified_bytes"] == len(big) + len(b"hello trusted\n")
+    assert "refusing to open trusted file /big.bin" in view.log_text()
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "append"])
+def test_tampered_before_first_open_is_eacces(start_view: StartView, tree: Path,
+                                              damage: str) -> None:
+    view = start_view(base_manifest(tree, [tree / "big.bin"]))
+    data = bytearray((tree / "big.bin").read_bytes())
+    if damage == "flip":
+        data[200 * KiB] ^= 0x01
+    elif damage == "truncate":
+        del data[-1]
+    else:
+        data += b"x"
+    (tree / "big.bin").write_bytes(bytes(data))
+    with pytest.raises(PermissionError):
+        (view.mnt / "big.bin").read_bytes()
+    with pytest.raises(PermissionError):  # still refused on a second attempt
+        os.open(view.mnt / "big.bin", os.O_RDONLY)
+    view.stop()
+    assert "trusted file /big.bin" in view.log_text()
+    assert "does not match its sha256" in view.log_text()
+
+
+def drop_cache(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def read_or_errno(path: Path, offset: int, size: int, fd: int | None = None) -> bytes | int:
+    own = fd is None
+    if fd is None:
+        fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.pread(fd, size, offset)
+    except OSError as e:
+        return e.errno or -1
+    finally:
+        if own:
+            os.close(fd)
+
+
+@pytest.mark.parametrize("size", [300 * KiB + 123, 17 * MiB + 5])  # stored / not stored
+@pytest.mark.parametrize("how", ["in_place", "replace"])
+def test_changes_after_verification_never_reach_the_program(
+        start_view: StartView, tmp_path: Path, size: int, how: str) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    host = root / "f.bin"
+    original = os.urandom(size)
+    host.write_bytes(original)
+    view = start_view(base_manifest(root, [host]))
+    vpath = view.mnt / "f.bin"
+    keep = os.open(vpath, os.O_RDONLY)
+    try:
+        assert os.pread(keep, 4096, 0) == original[:4096]  # first open verified the file
+        offset = size - 20 * KiB
+        if how == "in_place":
+            with open(host, "r+b") as f:
+                f.seek(offset)
+                f.write(b"\xff" * 100)
+        else:
+            tmp = root / "f.new"
+            tmp.write_bytes(original[:offset] + b"\xff" * 100 + original[offset + 100:])
+            os.rename(tmp, host)
+        results = []
+        results.append(read_or_errno(vpath, offset, 100, keep))
+        results.append(read_or_errno(vpath, offset, 100))
+        drop_cache(vpath)  # now the reads have to come from the host again
+        results.append(read_or_errno(vpath, offset, 100, keep))
+        results.append(read_or_errno(vpath, offset, 100))
+        results.append(read_or_errno(vpath, 0, 100))
+    finally:
+        os.close(keep)
+    for r in results:
+        assert r in (original[offset:offset + 100], errno.EIO, original[:100]), r
+    assert b"\xff" * 100 not in [r for r in results if isinstance(r, bytes)]
+    view.stop()
+    if errno.EIO in results:
+        assert "changed after verification" in view.log_text()
+    if how == "in_place":  # the host fd is the modified inode: the chunk check must fire
+        assert results[2] == errno.EIO
+
+
+def test_untrusted_files_strict_and_allow_all_but_log(start_view: StartView, tree: Path
+                                                      ) -> None:
+    strict = start_view(base_manifest(tree, []))
+    st = os.stat(strict.mnt / "untrusted.txt")  # stat works, as in Gramine
+    assert st.st_size == len(b"not in the manifest\n")
+    with pytest.raises(PermissionError):
+        (strict.mnt / "untrusted.txt").read_bytes()
+    with pytest.raises(PermissionError):
+        (strict.mnt / "new.txt").write_bytes(b"x")
+    with pytest.raises(PermissionError):
+        os.mkdir(strict.mnt / "newdir")
+    assert sorted(os.listdir(strict.mnt)) == ["big.bin", "dev", "etc", "proc", "sys",
+                                              "untrusted.txt"]
+    strict.stop()
+    assert "refusing to open /untrusted.txt" in strict.log_text()
+    assert "refusing to create /new.txt" in strict.log_text()
+    assert not (tree / "new.txt").exists()
+
+    lax = start_view(base_manifest(tree, [], file_check_policy="allow_all_but_log"))
+    assert (lax.mnt / "untrusted.txt").read_bytes() == b"not in the manifest\n"
+    (lax.mnt / "new.txt").write_bytes(b"created")
+    lax.stop()
+    assert (tree / "new.txt").read_bytes() == b"created"
+    text = lax.log_text()
+    assert "WARNING" in text
+    assert "/untrusted.txt" in text and "/new.txt" in text
+
+
+def test_allowed_files_are_read_write_passthrough(start_view: StartView, tmp_path: Path
+                                                  ) -> None:
+    root = tmp_path / "root"
+    (root / "data").mkdir(parents=True)
+    (root / "data" / "old.txt").write_text("old")
+    (root / "log.txt").write_text("")
+    (root / "other").mkdir()
+    manifest = {"fs": {"root": {"uri": f"file:{root}"}},
+                "sgx": {"allowed_files": [f"file:{root}/data/", f"file:{root}/log.txt"]}}
+    view = start_view(manifest)
+    m = view.mnt
+    assert (m / "data" / "old.txt").read_text() == "old"
+    (m / "data" / "new.txt").write_text("new content")
+    assert (root / "data" / "new.txt").read_text() == "new content"
+    with open(m / "data" / "new.txt", "r+") as f:
+        f.seek(4)
+        f.write("CONTENT")
+    assert (m / "data" / "new.txt").read_text() == "new CONTENT"
+    with open(m / "log.txt", "a") as f:
+        f.write("line 1\n")
+    with open(m / "log.txt", "a") as f:
+        f.write("line 2\n")
+        f.flush()
+        os.fsync(f.fileno())
+    assert (root / "log.txt").read_text() == "line 1\nline 2\n"
+    os.rename(m / "data" / "new.txt", m / "data" / "renamed.txt")
+    assert not (root / "data" / "new.txt").exists()
+    assert (m / "data" / "renamed.txt").read_text() == "new CONTENT"
+    os.truncate(m / "data" / "renamed.txt", 3)
+    assert (root / "data" / "renamed.txt").read_text() == "new"
+    os.chmod(m / "data" / "renamed.txt", 0o600)
+    assert stat.S_IMODE((root / "data" / "renamed.txt").stat().st_mode) == 0o600
+    os.utime(m / "data" / "renamed.txt", ns=(1_000_000_000, 2_000_000_000))
+    assert (root / "data" / "renamed.txt").stat().st_mtime_ns == 2_000_000_000
+    os.mkdir(m / "data" / "sub")
+    (m / "data" / "sub" / "f").write_text("deep")
+    os.rename(m / "data" / "sub", m / "data" / "sub2")
+    assert (m / "data" / "sub2" / "f").read_text() == "deep"
+    assert (root / "data" / "sub2" / "f").read_text() == "deep"
+    os.symlink("renamed.txt", m / "data" / "link")
+    assert os.readlink(m / "data" / "link") == "renamed.txt"
+    assert os.readlink(root / "data" / "link") == "renamed.txt"
+    os.link(m / "data" / "renamed.txt", m / "data" / "hard")
+    assert (root / "data" / "hard").stat().st_ino == (root / "data" / "renamed.txt").stat(
+    ).st_ino
+    os.mkfifo(m / "data" / "fifo")
+    assert stat.S_ISFIFO(os.stat(m / "data" / "fifo").st_mode)
+    with open(m / "data" / "tmp", "w+") as f:  # unlinked while open
+        f.write("still here")
+        os.unlink(m / "data" / "tmp")
+        f.flush()
+        assert os.fstat(f.fileno()).st_size == len("still here")
+        f.seek(0)
+        assert f.read() == "still here"
+    for name in ("link", "hard", "fifo", "renamed.txt", "old.txt", "sub2/f"):
+        os.unlink(m / "data" / name)
+    os.rmdir(m / "data" / "sub2")
+    assert sorted(os.listdir(root / "data")) == []
+    assert sorted(os.listdir(m / "data")) == []
+    with pytest.raises(PermissionError):  # the allowed file's directory is not allowed
+        (m / "logx.txt").write_text("x")
+    with pytest.raises(PermissionError):
+        os.rename(m / "log.txt", m / "other" / "log.txt")
+    assert (root / "log.txt").exists()
+
+
+def test_symlink_and_dotdot_escapes_stay_in_the_view(start_view: StartView, tmp_path: Path
+                                                     ) -> None:
+    secret = tmp_path / "outside" / "secret"
+    secret.parent.mkdir()
+    secret.write_text("host secret")
+    root = tmp_path / "root"
+    mdir = tmp_path / "mdir"
+    root.mkdir()
+    (mdir / "d").mkdir(parents=True)
+    (mdir / "d" / "secret").write_text("inside")
+    os.symlink(secret, mdir / "abs")
+    os.symlink("../outside/secret", mdir / "rel")
+    os.symlink("../../../../../../../..", mdir / "up")
+    # everything would be readable by policy: only confinement can stop the escapes
+    manifest = {"fs": {"root": {"uri": f"file:{root}"},
+                       "mounts": [{"path": "/m", "uri": f"file:{mdir}"}]},
+                "sgx": {"file_check_policy": "allow_all_but_log"}}
+    view = start_view(manifest)
+    assert read_in_view(view.mnt, "/m/d/secret") == b"inside"
+    for path in ("/m/abs", "/m/rel", "/m/../outside/secret", "/m/../../outside/secret",
+                 f"/m/up{secret}", "/m/up/outside/secret"):
+        with pytest.raises(FileNotFoundError):
+            read_in_view(view.mnt, path)
+    assert os.readlink(view.mnt / "m" / "abs") == str(secret)  # shown as a symlink
+    # the host swaps a directory the kernel has cached for a symlink out of the mount
+    assert (view.mnt / "m" / "d" / "secret").exists()
+    shutil.rmtree(mdir / "d")
+    os.symlink(secret.parent, mdir / "d")
+    for path in (view.mnt / "m" / "d" / "secret",):
+        with pytest.raises(OSError) as e:
+            path.read_text()
+        assert e.value.errno in (errno.ENOENT, errno.ESTALE)
+    assert secret.read_text() == "host secret"
+
+
+def test_openat2_confines_host_resolution(tmp_path: Path) -> None:
+    from geode.runtime.viewfs import IN_ROOT, openat2
+
+    (tmp_path / "root" / "sub").mkdir(parents=True)
+    (tmp_path / "secret").write_text("x")
+    os.symlink("/secret", tmp_path / "root" / "abs")
+    os.symlink("../../secret", tmp_path / "root" / "sub" / "rel")
+    rootfd = os.open(tmp_path / "root", os.O_PATH)
+    try:
+        for rel in ("../secret", "sub/../../secret", "abs", "sub/rel", "/secret"):
+            with pytest.raises(FileNotFoundError):
+                os.close(openat2(rootfd, rel, os.O_RDONLY, resolve=IN_ROOT))
+        (tmp_path / "root" / "secret").write_text("inside")
+        fd = openat2(rootfd, "sub/rel", os.O_RDONLY)
+        try:
+            assert os.read(fd, 100) == b"inside"
+        finally:
+            os.close(fd)
+    finally:
+        os.close(rootfd)
+
+
+def test_composition_mount_points_and_outside_paths(start_view: StartView, tmp_path: Path
+                                                    ) -> None:
+    root = tmp_path / "root"
+    (root / "opt").mkdir(parents=True)
+    (root / "opt" / "shadowed").write_text("root's")
+    (root / "dev").mkdir()
+    (root / "dev" / "hostfile").write_text("hidden by the virtual /dev")
+    (tmp_path / "next-to-root").write_text("outside")
+    a = tmp_path / "a"
+    b = tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "from_a").write_text("a")
+    (b / "from_b").write_text("b")
+    manifest = {"fs": {"root": {"uri": f"file:{root}"}, "mounts": [
+        {"path": "/opt", "uri": f"file:{a}"},
+        {"path": "/opt/deep/er", "uri": f"file:{b}"},
+        {"path": "/tmp", "type": "tmpfs"},
+        {"path": "/x", "uri": f"file:{a}"},
+        {"path": "/x", "uri": f"file:{b}"},
+        {"path": "/etc/hostname", "uri": f"file:{tmp_path / 'next-to-root'}"},
+    ]}, "sgx": {"file_check_policy": "allow_all_but_log"}}
+    view = start_view(manifest)
+    m = view.mnt
+    assert sorted(os.listdir(m)) == ["dev", "etc", "opt", "proc", "sys", "tmp", "x"]
+    assert sorted(os.listdir(m / "opt")) == ["deep", "from_a"]
+    assert os.listdir(m / "opt" / "deep") == ["er"]
+    assert (m / "opt" / "deep" / "er" / "from_b").read_text() == "b"
+    assert sorted(os.listdir(m / "x")) == ["from_b"]  # the later mount shadows the earlier
+    assert (m / "etc" / "hostname").read_text() == "outside"  # a single-file mount
+    assert os.listdir(m / "tmp") == []
+    assert not (m / "opt" / "shadowed").exists()
+    assert not (m / "dev" / "hostfile").exists()
+    assert not (m / "next-to-root").exists()
+    assert not (m / "usr").exists()
+    with pytest.raises(FileNotFoundError):
+        read_in_view(m, "/../next-to-root")
+    st1, st2 = os.stat(m / "opt" / "from_a"), os.stat(m / "x" / "from_b")
+    assert st1.st_ino != st2.st_ino
+    assert os.stat(m / "opt" / "from_a").st_ino == st1.st_ino
+    assert os.stat(m / "opt" / "deep" / "er" / "from_b").st_ino == st2.st_ino  # same host file
+
+
+def test_dev_placeholders_and_links(start_view: StartView, tmp_path: Path) -> None:
+    (tmp_path / "root").mkdir()
+    view = start_view({"fs": {"root": {"uri": f"file:{tmp_path / 'root'}"}}})
+    dev = view.mnt / "dev"
+    assert sorted(os.listdir(dev)) == sorted(
+        ["null", "zero", "full", "random", "urandom", "tty", "ptmx", "pts", "shm", "fd",
+         "stdin", "stdout", "stderr", "attestation"])
+    assert stat.S_ISREG(os.stat(dev / "null").st_mode)
+    with pytest.raises(OSError) as e:
+        open(dev / "urandom", "rb").close()  # noqa: SIM115
+    assert e.value.errno == errno.ENXIO
+    assert os.readlink(dev / "stdin") == "/proc/self/fd/0"
+    assert os.path.isdir(dev / "pts") and os.listdir(dev / "pts") == []
+    assert (dev / "attestation" / "attestation_type").read_bytes() == b"none"
+
+
+def test_attestation_keys(start_view: StartView, tmp_path: Path) -> None:
+    (tmp_path / "root").mkdir()
+    key = bytes(range(16))
+    view = start_view({"fs": {"root": {"uri": f"file:{tmp_path / 'root'}"},
+                              "insecure__keys": {"default": key.hex()}}})
+    keys = view.mnt / "dev" / "attestation" / "keys"
+    assert os.listdir(keys) == ["default"]
+    assert (keys / "default").read_bytes() == key
+    new = os.urandom(16)
+    (keys / "mine").write_bytes(new)
+    assert (keys / "mine").read_bytes() == new
+    assert sorted(os.listdir(keys)) == ["default", "mine"]
+    (keys / "default").write_bytes(new)  # keys can be replaced
+    assert (keys / "default").read_bytes() == new
+    for bad in (b"short", os.urandom(17), b""):
+        fd = os.open(keys / "mine", os.O_WRONLY)
+        try:
+            if bad:
+                with pytest.raises(PermissionError):
+                    os.write(fd, bad)
+        finally:
+            os.close(fd)
+    assert (keys / "mine").read_bytes() == new
+    with pytest.raises(FileNotFoundError):
+        (keys / "never_set").read_bytes()
+    fd = os.open(keys / "half", os.O_WRONLY | os.O_CREAT)
+    os.close(fd)
+    with pytest.raises(FileNotFoundError):  # created but never written: still not a key
+        (keys / "half").read_bytes()
+    with pytest.raises(PermissionError):
+        (view.mnt / "dev" / "attestation" / "attestation_type").write_bytes(b"dcap")
+
+
+def test_keys_api_and_bad_insecure_keys(tmp_path: Path) -> None:
+    from geode.errors import ManifestError
+    from geode.runtime.plan import ViewPlan
+    from geode.runtime.viewfs import ViewFS
+
+    manifest: dict[str, Any] = {"fs": {"root": {"uri": f"file:{tmp_path}"},
+                                       "insecure__keys": {"k": "00" * 16}},
+                                "sgx": {"remote_attestation": "dcap"}}
+    fs = ViewFS(ViewPlan.from_manifest(manifest, base_dir=tmp_path), manifest)
+    try:
+        assert fs.keys == {"k": bytes(16)}
+        assert fs.keys is fs.attestation.keys
+        assert fs.attestation.files["attestation_type"].size() == len(b"dcap")
+    finally:
+        fs.close()
+    manifest["fs"]["insecure__keys"] = {"k": "zz" * 16}
+    with pytest.raises(ManifestError, match="fs.insecure__keys.k"):
+        ViewFS(ViewPlan.from_manifest(manifest, base_dir=tmp_path), manifest)
+
+
+# ------------------------------------------------------------------------------------------
+# executing programs from the view
+# ------------------------------------------------------------------------------------------
+
+
+def gramine_style(tmp_path: Path, binaries: list[str], **loader: Any) -> dict[str, Any]:
+    """/lib is the host's library dir (like Gramine's runtime dir), /bin has the binaries."""
+    root = tmp_path / "root"
+    root.mkdir(exist_ok=True)
+    libs = [LIBDIR / "libc.so.6", LIBDIR / "ld-linux-x86-64.so.2"]
+    return {"loader": loader,
+            "fs": {"root": {"uri": f"file:{root}"},
+                   "mounts": [{"path": "/lib", "uri": f"file:{LIBDIR}"},
+                              {"path": "/bin", "uri": "file:/usr/bin"}]},
+            "sgx": {"trusted_files": [trusted(p) for p in
+                                      [*libs, *(Path("/usr/bin") / b for b in binaries)]]}}
+
+
+def test_lib64_interpreter_link_and_exec_through_chroot(start_view: StartView, tmp_path: Path
+                                                        ) -> None:
+    view = start_view(gramine_style(tmp_path, ["echo"]))
+    link = view.mnt / "lib64" / "ld-linux-x86-64.so.2"
+    assert os.readlink(link) == "/lib/ld-linux-x86-64.so.2"
+    r = subprocess.run(["chroot", str(view.mnt), "/bin/echo", "hello", "view"],
+                       capture_output=True, text=True)
+    assert (r.returncode, r.stdout) == (0, "hello view\n"), r.stderr
+    # a binary that is not trusted cannot be executed
+    r = subprocess.run(["chroot", str(view.mnt), "/bin/true"], capture_output=True, text=True)
+    assert r.returncode == 126
+    assert "Permission denied" in r.stderr
+    view.stop()
+    assert "refusing to open /bin/true" in view.log_text()
+
+
+def test_lib64_link_follows_ld_library_path(start_view: StartView, tmp_path: Path) -> None:
+    manifest = gramine_style(tmp_path, ["echo"], env={"LD_LIBRARY_PATH": "/nothere:/glibc"})
+    manifest["fs"]["mounts"].append({"path": "/glibc", "uri": f"file:{LIBDIR}"})
+    view = start_view(manifest)
+    assert os.readlink(view.mnt / "lib64" / "ld-linux-x86-64.so.2") == (
+        "/glibc/ld-linux-x86-64.so.2")
+    manifest = gramine_style(tmp_path, ["echo"])
+    manifest["fs"]["mounts"].append({"path": "/lib64", "uri": f"file:{tmp_path}"})
+    view = start_view(manifest)
+    assert not os.path.lexists(view.mnt / "lib64" / "ld-linux-x86-64.so.2")
+
+
+def test_tampered_library_stops_the_program(start_view: StartView, tmp_path: Path) -> None:
+    libs = tmp_path / "libs"
+    shutil.copytree(LIBDIR, libs, ignore=lambda d, names: [
+        n for n in names if n not in ("libc.so.6", "ld-linux-x86-64.so.2")])
+    manifest = gramine_style(tmp_path, ["echo"])
+    manifest["fs"]["mounts"][0]["uri"] = f"file:{libs}"
+    manifest["sgx"]["trusted_files"][:2] = [trusted(libs / "libc.so.6"),
+                                            trusted(libs / "ld-linux-x86-64.so.2")]
+    with open(libs / "libc.so.6", "r+b") as f:
+        f.seek(100_000)
+        b = f.read(1)
+        f.seek(100_000)
+        f.write(bytes([b[0] ^ 0xFF]))
+    view = start_view(manifest)
+    r = subprocess.run(["chroot", str(view.mnt), "/bin/echo", "hi"], capture_output=True,
+                       text=True)
+    assert r.returncode != 0
+    assert r.stdout == ""
+    view.stop()
+    assert "trusted file /lib/libc.so.6" in view.log_text()
+
+
+def python_manifest(tmp_path: Path) -> dict[str, Any]:
+    """A strict manifest for the host's /usr/bin/python3 with Gramine-style trusted files."""
+    entries = []
+    for d in ("/usr/lib/python3.11", "/usr/lib/python3/dist-packages",
+              "/usr/local/lib/python3.11"):
+        for dirpath, dirs, files in os.walk(d):
+            dirs[:] = [x for x in dirs if not os.path.islink(os.path.join(dirpath, x))]
+            entries += [Path(dirpath) / f for f in files]
+    entries += [Path(p) for p in (
+        "/usr/bin/python3", "/usr/bin/python3.11", "/etc/ld.so.cache", "/etc/localtime",
+        "/usr/lib/locale/C.utf8/LC_CTYPE", "/usr/share/locale/locale.alias",
+        "/usr/lib/x86_64-linux-gnu/gconv/gconv-modules.cache", "/lib64/ld-linux-x86-64.so.2")]
+    entries += [Path("/lib/x86_64-linux-gnu") / n for n in (
+        "libc.so.6", "libm.so.6", "libz.so.1", "libexpat.so.1", "ld-linux-x86-64.so.2")]
+    root = tmp_path / "root"
+    root.mkdir()
+    return {"fs": {"root": {"uri": f"file:{root}"},
+                   "mounts": [{"path": p, "uri": f"file:{p}"}
+                              for p in ("/usr", "/lib", "/lib64", "/etc")]},
+            "sgx": {"trusted_files": [trusted(p) for p in entries if p.is_file()]}}
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/python3.11"), reason="needs Debian python3.11")
+def test_python_runs_in_a_strict_view_with_few_requests(start_view: StartView,
+                                                        tmp_path: Path) -> None:
+    view = start_view(python_manifest(tmp_path))
+    t0 = time.perf_counter()
+    r = subprocess.run(["chroot", str(view.mnt), "/usr/bin/python3", "-c",
+                        "import json, os; print(json.dumps(sorted(os.listdir('/'))))"],
+                       capture_output=True, text=True)
+    cold = time.perf_counter() - t0
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == ["dev", "etc", "lib", "lib64", "proc", "sys", "usr"]
+    stats = view.stop()
+    print(f"\npython3 cold in the view: {cold * 1000:.0f} ms, {stats['total']} requests, "
+          f"{stats['verified_bytes'] / MiB:.1f} MiB verified")
+    assert stats["total"] < 400, stats
+    assert stats.get("read", 0) < 50, stats  # verified files went to the page cache
+    assert "refusing" not in view.log_text()
+
+
+# ------------------------------------------------------------------------------------------
+# serve() in process: ready callback, cancellation unmounts
+# ------------------------------------------------------------------------------------------
+
+
+def test_serve_in_process_ready_and_clean_unmount(tmp_path: Path) -> None:
+    import trio
+
+    from geode.runtime.plan import ViewPlan
+    from geode.runtime.viewfs import ViewFS, serve
+
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "f").write_text("data")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    manifest: dict[str, Any] = {"fs": {"root": {"uri": f"file:{root}"}},
+                                "sgx": {"trusted_files": [trusted(root / "f")]}}
+    fs = ViewFS(ViewPlan.from_manifest(manifest, base_dir=tmp_path), manifest)
+    ready = threading.Event()
+    holder: dict[str, Any] = {}
+
+    async def main() -> None:
+        with trio.CancelScope() as cs:
+            holder["cs"] = cs
+            holder["token"] = trio.lowlevel.current_trio_token()
+            await serve(fs, mnt, ready=ready.set)
+
+    def thread() -> None:
+        try:
+            trio.run(main)
+        except BaseException as e:  # noqa: BLE001
+            holder["error"] = e
+            ready.set()
+
+    t = threading.Thread(target=thread, daemon=True)
+    t.start()
+    try:
+        assert ready.wait(30)
+        assert "error" not in holder, holder.get("error")
+        assert is_mounted(mnt)
+        assert (mnt / "f").read_text() == "data"
+        assert fs.stats["open"] == 1
+        assert fs.verified_bytes == 4
+    finally:
+        if "token" in holder:
+            trio.from_thread.run_sync(holder["cs"].cancel, trio_token=holder["token"])
+        t.join(30)
+        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], stderr=subprocess.DEVNULL,
+                       check=False)
+    assert not t.is_alive()
+    assert not is_mounted(mnt)
+
+
+def test_serve_refuses_a_missing_mountpoint(tmp_path: Path) -> None:
+    import trio
+
+    from geode.errors import GeodeError
+    from geode.runtime.plan import ViewPlan
+    from geode.runtime.viewfs import ViewFS, serve
+
+    fs = ViewFS(ViewPlan.from_manifest({}, base_dir=tmp_path), {})
+    with pytest.raises(GeodeError, match="not a directory"):
+        trio.run(serve, fs, tmp_path / "nope")
+    fs.close()
