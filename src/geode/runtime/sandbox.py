@@ -123,6 +123,7 @@ MNT_DETACH = 0x2
 
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
+PR_SET_NAME = 15
 
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_IN_ROOT = 0x10
@@ -223,6 +224,30 @@ def _close_fds_except(keep: Iterable[int]) -> None:
                 os.close(fd)
 
 
+def _set_title(title: str) -> None:
+    """Replace what ``/proc/PID/cmdline`` and ``comm`` show for this process (they would
+    otherwise show the supervisor's command line, a host detail, to the program)."""
+    raw = title.encode()
+    with contextlib.suppress(OSError):
+        buf = ctypes.create_string_buffer(raw[:15])
+        _libc.prctl(ctypes.c_int(PR_SET_NAME), buf, ctypes.c_ulong(0), ctypes.c_ulong(0),
+                    ctypes.c_ulong(0))
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            data = f.read()
+        fields = data[data.rindex(b")") + 2:].split()
+        start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (fields 48, 49)
+    except (OSError, ValueError, IndexError):
+        return
+    size = end - start
+    if size <= 2:
+        return
+    text = raw[: size - 2]
+    # A non-NUL last byte makes the kernel report the area up to the first NUL (the
+    # setproctitle convention) instead of the whole area.
+    ctypes.memmove(start, text + b"\0" * (size - len(text) - 1) + b" ", size)
+
+
 def _fd_path(fd: int) -> str:
     return f"/proc/self/fd/{fd}"
 
@@ -245,6 +270,9 @@ class IdMapping:
     setgroups: str  #: "allow" or "deny"
     helper_uid: int
     helper_gid: int
+    #: True: C writes its own maps (an unprivileged single-id map, which the kernel allows
+    #: the namespace's owner to write from inside); False: S writes them (as root, a range)
+    self_map: bool = False
 
 
 @dataclass(frozen=True)
@@ -328,6 +356,7 @@ def id_mapping(uid: int, gid: int) -> IdMapping:
         setgroups="deny",
         helper_uid=uid,
         helper_gid=gid,
+        self_map=True,
     )
 
 
@@ -458,11 +487,25 @@ def _set_parent_death_signal(expected_parent: int | None) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def _map_self(ids: IdMapping) -> None:
+    """Write this process's own id maps (unprivileged case). /proc/self/* files of a
+    non-dumpable process belong to root, so make sure this one is dumpable while writing."""
+    try:
+        _prctl(PR_SET_DUMPABLE, 1)
+        _write_proc("/proc/self/setgroups", ids.setgroups)
+        _write_proc("/proc/self/uid_map", ids.uid_map)
+        _write_proc("/proc/self/gid_map", ids.gid_map)
+    except OSError as e:
+        raise _SetupFailure(f"cannot map ids into the sandbox's user namespace: {e.strerror} "
+                            f"(uid_map {ids.uid_map.strip()!r})") from None
+
+
 def _outer_main(cfg: SandboxConfig, ctl: socket.socket, supervisor: int) -> None:
     """Runs in C; never returns."""
     code = 125
     try:
         _set_parent_death_signal(supervisor)
+        _set_title("geode-sandbox")
         for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)
         _close_fds_except({0, 1, 2, ctl.fileno()})
@@ -474,6 +517,8 @@ def _outer_main(cfg: SandboxConfig, ctl: socket.socket, supervisor: int) -> None
                 "not available to this user (check user.max_user_namespaces, "
                 "kernel.unprivileged_userns_clone, AppArmor or a container's seccomp profile)"
             ) from None
+        if cfg.ids.self_map:
+            _map_self(cfg.ids)
         _send(ctl, b"userns")
         if ctl.recv(64) != b"mapped":
             os._exit(125)
@@ -491,6 +536,9 @@ def _outer_main(cfg: SandboxConfig, ctl: socket.socket, supervisor: int) -> None
             os.setgroups([])
         os.setresgid(cfg.ids.helper_gid, cfg.ids.helper_gid, cfg.ids.helper_gid)
         os.setresuid(cfg.ids.helper_uid, cfg.ids.helper_uid, cfg.ids.helper_uid)
+        # Credential changes (unshare of the user namespace, setresuid) clear the parent-death
+        # signal: set it again now, and make sure S did not die in between.
+        _set_parent_death_signal(supervisor)
         # Our cwd must not pin a host directory once I has pivoted (pivot_root moves the root
         # and cwd of every process of the mount namespace that uses the old root).
         os.chdir("/")
@@ -524,6 +572,7 @@ def _init_main(cfg: SandboxConfig, ctl: socket.socket, fuse_fd: int) -> None:
     try:
         _set_parent_death_signal(None)
         _prctl(PR_SET_DUMPABLE, 0)
+        _set_title("geode-init")
         # PID 1 ignores signals it has no handler for; drop the handler Python installed.
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         _build_root(cfg, ctl, fuse_fd)
@@ -845,7 +894,8 @@ class Sandbox:
                 self.wait()
                 raise SandboxError(self._failure_text())
             if msg == b"userns" and not mapped:
-                self._write_maps()
+                if not self.cfg.ids.self_map:
+                    self._write_maps()
                 assert self.ctl is not None
                 self.ctl.send(b"mapped")
                 mapped = True
