@@ -207,6 +207,12 @@ def test_trusted_files_are_verified_once_and_read_only(start_view: StartView, tr
     with pytest.raises(PermissionError):
         os.chmod(view.mnt / "big.bin", 0o777)
     assert (tree / "big.bin").read_bytes() == big
+    assert os.access(view.mnt / "big.bin", os.R_OK)
+    assert not os.access(view.mnt / "big.bin", os.W_OK)
+    assert not os.access(view.mnt / "untrusted.txt", os.R_OK)
+    assert os.access(view.mnt / "untrusted.txt", os.F_OK)
+    assert not os.access(view.mnt / "etc", os.W_OK)
+    assert os.statvfs(view.mnt).f_blocks == os.statvfs(tree).f_blocks
     stats = view.stop()
     assert stats["verified_bytes"] == len(big) + len(b"hello trusted\n")
     assert "refusing to open trusted file /big.bin" in view.log_text()
@@ -342,8 +348,11 @@ def test_allowed_files_are_read_write_passthrough(start_view: StartView, tmp_pat
         f.seek(4)
         f.write("CONTENT")
     assert (m / "data" / "new.txt").read_text() == "new CONTENT"
+    assert "log.txt" in os.listdir(m)  # the listing of / is cached from now on
     with open(m / "log.txt", "a") as f:
         f.write("line 1\n")
+    assert "log.txt" in os.listdir(m)  # readdirplus must not bring back the old size
+    assert os.stat(m / "log.txt").st_size == len("line 1\n")
     with open(m / "log.txt", "a") as f:
         f.write("line 2\n")
         f.flush()

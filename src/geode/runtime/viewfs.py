@@ -1116,7 +1116,12 @@ class ViewFS(pyfuse3.Operations):
     # ------------------------------------------------------------------ directories
 
     def _listing(self, node: Node) -> list[tuple[str, Any]]:
-        """Raw entries of a directory: (name, _VEntry | os.stat_result | str)."""
+        """Names in a directory: (name, _VEntry | "host" | "keys" | "att" | "key").
+
+        Only names are cached (for the directory's timeout, dropped on changes made through
+        the view): attributes are read fresh when entries are returned, because readdirplus
+        attributes overwrite the kernel's cached ones.
+        """
         now = time.monotonic()
         if node.listing is not None and now < node.listing_expiry:
             return node.listing
@@ -1134,13 +1139,7 @@ class ViewFS(pyfuse3.Operations):
                 fd = openat2(root.fd, node.rel, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
                 try:
                     with os.scandir(fd) as it:
-                        for e in it:
-                            if e.name in virtual:
-                                continue
-                            try:
-                                entries.append((e.name, e.stat(follow_symlinks=False)))
-                            except OSError:
-                                continue
+                        entries.extend((e.name, "host") for e in it if e.name not in virtual)
                 finally:
                     os.close(fd)
         if node.role is None:
@@ -1171,12 +1170,10 @@ class ViewFS(pyfuse3.Operations):
                 return None
             return self._key_node(name, parent.ino), None
         assert parent.mount is not None
-        st: os.stat_result = info
-        dirfd = None
-        if stat.S_ISLNK(st.st_mode):
-            if not dirfd_cache:
-                dirfd_cache.append(self._dir_fd(parent))
-            dirfd = dirfd_cache[0]
+        if not dirfd_cache:
+            dirfd_cache.append(self._dir_fd(parent))
+        dirfd = dirfd_cache[0]
+        st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
         return self._host_node(parent.mount, _join_rel(parent.rel, name),
                                _join_view(parent.vpath, name), st, parent.ino, dirfd)
 
@@ -1433,10 +1430,11 @@ class ViewFS(pyfuse3.Operations):
         rel = _join_rel(parent.rel, name)
         return rel, _join_host(root.host, rel), _join_view(parent.vpath, name)
 
-    def _new_entry(self, parent: Node, rel: str, vpath: str, pfd: int,
-                   name: str) -> tuple[Node, os.stat_result]:
+    def _new_entry(self, parent: Node, rel: str, vpath: str, pfd: int, name: str,
+                   st: os.stat_result | None = None) -> tuple[Node, os.stat_result]:
         assert parent.mount is not None
-        st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+        if st is None:
+            st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
         found = self._host_node(parent.mount, rel, vpath, st, parent.ino, pfd)
         if found is None:
             raise _fail(errno.EACCES)
@@ -1466,7 +1464,7 @@ class ViewFS(pyfuse3.Operations):
             oflags = (flags & (_HOST_OPEN_FLAGS | os.O_EXCL)) | os.O_CREAT | os.O_NOFOLLOW
             fd = os.open(sname, oflags | os.O_CLOEXEC | os.O_NOCTTY, mode & 0o777, dir_fd=pfd)
             try:
-                node, st = self._new_entry(parent, rel, vpath, pfd, sname)
+                node, st = self._new_entry(parent, rel, vpath, pfd, sname, os.fstat(fd))
             except BaseException:
                 os.close(fd)
                 raise
