@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from geode.cli import argv_serializer as _argv
 from geode.cli import manifest as _manifest
+from geode.cli import run as _run
 from geode.cli import signing as _signing
 from geode.cli.common import run_single
 
@@ -30,3 +31,11 @@ def sgx_sigstruct_view() -> int:
 
 def argv_serializer() -> int:
     return run_single("gramine-argv-serializer", _argv.COMMAND)
+
+
+def direct() -> int:
+    return run_single("gramine-direct", _run.DIRECT)
+
+
+def sgx() -> int:
+    return run_single("gramine-sgx", _run.SGX)

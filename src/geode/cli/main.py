@@ -8,10 +8,11 @@ import sys
 from collections.abc import Sequence
 
 from geode import __version__
-from geode.cli import argv_serializer, manifest, signing
+from geode.cli import argv_serializer, manifest, run, signing
 from geode.cli.common import Command, invoke
 
 COMMANDS: tuple[Command, ...] = (
+    run.RUN,
     manifest.MANIFEST,
     manifest.MANIFEST_CHECK,
     signing.SIGN,

@@ -1,0 +1,154 @@
+"""``geode run``, ``gramine-direct`` and ``gramine-sgx``: start a program in the shield."""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from geode.cli.common import Command
+from geode.errors import GeodeError, ManifestError
+
+log = logging.getLogger("geode")
+
+TEE_CHOICES = ("none", "sim", "tdx", "snp")
+
+
+def _app_base(app: str) -> str:
+    for suffix in (".manifest.sgx", ".manifest"):
+        if app.endswith(suffix):
+            return app[: -len(suffix)]
+    return app
+
+
+def load_for_run(manifest_arg: Path | None, app: str | None) -> tuple[dict[str, Any], Path]:
+    """Find and verify the manifest to run.
+
+    A signed pair ``APP.manifest.sgx`` + ``APP.sig`` is preferred and must verify (SIGSTRUCT,
+    measurement under this runtime, attributes); otherwise the plain ``APP.manifest`` is used,
+    as gramine-direct does. An explicit ``--manifest X.manifest.sgx`` needs its ``.sig``.
+    """
+    from geode.manifest import build, schema
+    from geode.signing.sign import check_signed_manifest
+
+    if manifest_arg is not None:
+        name = str(manifest_arg)
+        if name.endswith(".manifest.sgx"):
+            sig = Path(name[: -len(".manifest.sgx")] + ".sig")
+            if not sig.exists():
+                raise GeodeError(f"signed manifest without its signature {sig}", where=name)
+            manifest, _ = check_signed_manifest(manifest_arg, sig)
+        else:
+            manifest = build.load(manifest_arg)
+        path = manifest_arg
+    else:
+        assert app is not None
+        base = _app_base(app)
+        signed, sig, plain = Path(base + ".manifest.sgx"), Path(base + ".sig"), Path(base + ".manifest")
+        if signed.exists() and sig.exists():
+            manifest, _ = check_signed_manifest(signed, sig)
+            path = signed
+        elif plain.exists():
+            manifest = build.load(plain)
+            path = plain
+        else:
+            raise GeodeError(f"no manifest for {app!r}: expected {plain} "
+                             f"(or {signed} with {sig})")
+    schema.check(manifest, source=str(path))
+    _check_runtime_pin(manifest, path)
+    return manifest, path
+
+
+def _check_runtime_pin(manifest: dict[str, Any], path: Path) -> None:
+    """``loader.entrypoint`` names the runtime identity file; its hash must be this runtime's."""
+    from geode.measurement import runtime_identity
+
+    entry = manifest.get("loader", {}).get("entrypoint", {})
+    pinned = entry.get("sha256") if isinstance(entry, dict) else None
+    if pinned is None:
+        raise ManifestError("loader.entrypoint.sha256 is missing: render the manifest with "
+                            "gramine-manifest", where=str(path))
+    if not hmac.compare_digest(str(pinned), runtime_identity().hex()):
+        raise ManifestError(
+            "loader.entrypoint.sha256 does not match this Geode runtime's identity "
+            f"({runtime_identity().hex()[:16]}...): re-render the manifest with this Geode",
+            where=str(path),
+        )
+
+
+def choose_tee(manifest: dict[str, Any], requested: str | None) -> str:
+    """The TEE backend: explicit option > ``geode.tee`` > ``sgx.remote_attestation``.
+
+    A manifest that asks for remote attestation never silently gets a backend without it.
+    """
+    declared = manifest.get("geode", {}).get("tee")
+    remote = manifest.get("sgx", {}).get("remote_attestation", "none")
+    tee = requested or declared or "none"
+    if requested and declared and requested != declared:
+        raise GeodeError(f"--tee {requested} contradicts the manifest's geode.tee = {declared!r}")
+    if remote != "none" and tee == "none":
+        raise GeodeError(
+            f"the manifest sets sgx.remote_attestation = {remote!r} but no TEE backend was "
+            "chosen: pass --tee sim|tdx|snp or set geode.tee"
+        )
+    return str(tee)
+
+
+def _add_run(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--manifest", type=Path,
+                        help="manifest to run (default: APP.manifest.sgx + APP.sig, or "
+                        "APP.manifest)")
+    parser.add_argument("--tee", choices=TEE_CHOICES,
+                        help="TEE backend (default: geode.tee from the manifest, else none)")
+    parser.add_argument("app", help="application name (APP.manifest in the current directory)")
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the program")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from geode.manifest.banner import banner_text, insecure_settings
+    from geode.runtime.supervisor import run
+
+    manifest, path = load_for_run(args.manifest, args.app)
+    tee = choose_tee(manifest, args.tee)
+    insecure = insecure_settings(manifest)
+    if insecure and manifest.get("loader", {}).get("log_level", "error") != "none":
+        print(banner_text(insecure), file=sys.stderr)
+    return run(manifest, manifest_path=path, host_args=list(args.args), tee=tee)
+
+
+RUN = Command("run", "run a program inside its manifest's shield (gramine-direct)", _add_run,
+              _run)
+
+
+def _add_direct(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("app", help="application name: runs APP.manifest(.sgx) from the "
+                        "current directory")
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the program")
+
+
+def _run_direct(args: argparse.Namespace) -> int:
+    args.manifest = None
+    args.tee = None
+    return _run(args)
+
+
+DIRECT = Command("direct", "gramine-direct APP [ARGS...]", _add_direct, _run_direct)
+
+
+def _run_sgx(args: argparse.Namespace) -> int:
+    has_sgx = os.path.exists("/dev/sgx_enclave")
+    where = ("this machine has SGX, but Geode does not create SGX enclaves"
+             if has_sgx else "this machine has no SGX (no /dev/sgx_enclave)")
+    raise GeodeError(
+        f"{where}; Geode runs the shield on kernel mechanisms instead: use "
+        f"'gramine-direct {args.app}' or 'geode run --tee sim|tdx|snp {args.app}' "
+        "(sim: software TEE for development; tdx/snp: confidential VMs)"
+    )
+
+
+SGX = Command("sgx", "gramine-sgx APP: refused (Geode does not run SGX enclaves)", _add_direct,
+              _run_sgx)
