@@ -13,7 +13,7 @@ from typing import Any
 import tomli_w
 
 from geode.errors import ManifestError
-from geode.manifest import render, schema, trusted
+from geode.manifest import schema
 from geode.measurement import libos_path
 
 
@@ -27,6 +27,8 @@ def build(
     progress: bool | None = None,
 ) -> dict[str, Any]:
     """Render ``template`` and return the final manifest (defaults, hashes filled in)."""
+    from geode.manifest import render, trusted
+
     search_dirs = [Path(name).parent] if name != "<string>" else []
     text = render.render(template, defines=defines, name=name, search_dirs=search_dirs)
     manifest = render.parse_toml(text, name=name)
