@@ -302,6 +302,22 @@ def test_changes_after_verification_never_reach_the_program(
         assert results[2] == errno.EIO
 
 
+def test_big_trusted_file_is_read_in_large_verified_requests(start_view: StartView,
+                                                             tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    data = os.urandom(17 * MiB + 1)  # above STORE_MAX: reads come to Python and are checked
+    (root / "big").write_bytes(data)
+    view = start_view(base_manifest(root, [root / "big"]))
+    dev = os.stat(view.mnt).st_dev
+    bdi = Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb")
+    assert bdi.read_text().strip() == "1024"
+    assert hashlib.sha256((view.mnt / "big").read_bytes()).digest() == hashlib.sha256(
+        data).digest()
+    stats = view.stop()
+    assert 17 <= stats["read"] <= 40, stats
+
+
 def test_untrusted_files_strict_and_allow_all_but_log(start_view: StartView, tree: Path
                                                       ) -> None:
     strict = start_view(base_manifest(tree, []))

@@ -22,8 +22,12 @@ opening an unbound one gives ENXIO), devpts at ``/dev/pts`` and tmpfs at ``/dev/
 ``/proc/self/fd``. ``fs.keys`` is the live ``name -> 16 bytes`` table behind
 ``/dev/attestation/keys``; ``fs.attestation.files`` holds the other ``/dev/attestation``
 pseudo-files (extend it with :class:`PseudoFile` subclasses). ``fs.stats`` counts FUSE
-requests per operation. ``ViewFS(..., owner=(uid, gid))`` makes every file appear owned by
-that host uid/gid (default: the host owner is shown).
+requests per operation (``fs.verified_bytes``, ``fs.busy_ns``: bytes hashed at first opens,
+time spent in handlers). ``ViewFS(..., owner=(uid, gid))`` makes every file appear owned by
+that uid/gid (as numbered in the FUSE connection's user namespace; default: the host owner).
+``MOUNT_OPTIONS`` are the libfuse options ``serve`` mounts with; a launcher that mounts
+``/dev/fuse`` itself should use their kernel equivalents and may call
+:func:`tune_readahead` with the mount's device number, as ``serve`` does.
 
 What the program sees
 =====================
@@ -116,6 +120,7 @@ __all__ = [
     "ViewFS",
     "openat2",
     "serve",
+    "tune_readahead",
 ]
 
 log = logging.getLogger("geode.fs")
@@ -131,6 +136,8 @@ PARALLEL_HASH_MIN = 8 << 20
 #: verified files up to this size are pushed into the kernel page cache (notify_store) as
 #: soon as they are verified, so that the program's reads never reach Python
 STORE_MAX = 16 << 20
+#: readahead window of the view's FUSE connection (see tune_readahead)
+READ_AHEAD_KB = 1024
 HASH_BLOCK = 64 * CHUNK_SIZE
 KEY_SIZE = 16
 INTERP_NAME = "ld-linux-x86-64.so.2"
@@ -1743,6 +1750,23 @@ class ViewFS(pyfuse3.Operations):
 # ------------------------------------------------------------------------------------------
 
 
+def tune_readahead(dev: int, kib: int = READ_AHEAD_KB) -> bool:
+    """Raise the kernel readahead of the FUSE connection with device number ``dev``.
+
+    FUSE inherits the default 128 KiB window, so a sequential read of a big file reaches
+    Python 128 KiB at a time; with 1 MiB every READ request carries 1 MiB (libfuse's
+    largest). Needs root (sysfs); returns False when it could not be changed.
+    """
+    path = f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb"
+    try:
+        with open(path, "w") as f:
+            f.write(str(kib))
+    except OSError as e:
+        log.debug("cannot set %s: %s", path, e.strerror)
+        return False
+    return True
+
+
 def _raise_nofile_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
@@ -1768,10 +1792,11 @@ async def serve(fs: ViewFS, mountpoint: Path, *,
             nursery.start_soon(pyfuse3.main)
             # The first stat completes the FUSE handshake: the view is live after it.
             try:
-                await trio.to_thread.run_sync(os.stat, mnt)
+                st = await trio.to_thread.run_sync(os.stat, mnt)
             except OSError as e:
                 raise GeodeError(f"the view did not come up: {e.strerror}",
                                  where=str(mnt)) from None
+            tune_readahead(st.st_dev)
             log.debug("view mounted at %s", mnt)
             if ready is not None:
                 ready()
