@@ -76,6 +76,7 @@ __all__ = [
     "parse_size",
     "process_spec",
     "resolve_argv",
+    "resolve_env",
     "serialize",
 ]
 
