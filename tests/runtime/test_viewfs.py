@@ -14,6 +14,7 @@ import os
 import pickle
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -396,6 +397,20 @@ def test_allowed_files_are_read_write_passthrough(start_view: StartView, tmp_pat
     ).st_ino
     os.mkfifo(m / "data" / "fifo")
     assert stat.S_ISFIFO(os.stat(m / "data" / "fifo").st_mode)
+    os.chmod(m / "data" / "fifo", 0o640)
+    assert stat.S_IMODE((root / "data" / "fifo").stat().st_mode) == 0o640
+    with socket.socket(socket.AF_UNIX) as srv:  # a unix socket in an allowed directory
+        srv.bind(str(m / "data" / "sock"))
+        srv.listen()
+        os.chmod(m / "data" / "sock", 0o700)
+        with socket.socket(socket.AF_UNIX) as cli:
+            cli.connect(str(m / "data" / "sock"))
+            conn, _ = srv.accept()
+            cli.sendall(b"ping")
+            assert conn.recv(4) == b"ping"
+            conn.close()
+    assert stat.S_ISSOCK((root / "data" / "sock").stat().st_mode)
+    os.unlink(m / "data" / "sock")
     with open(m / "data" / "tmp", "w+") as f:  # unlinked while open
         f.write("still here")
         os.unlink(m / "data" / "tmp")
@@ -490,6 +505,7 @@ def test_composition_mount_points_and_outside_paths(start_view: StartView, tmp_p
         {"path": "/opt", "uri": f"file:{a}"},
         {"path": "/opt/deep/er", "uri": f"file:{b}"},
         {"path": "/tmp", "type": "tmpfs"},
+        {"path": "/tmp/in/tmpfs", "uri": f"file:{b}"},  # re-exposed by the launcher
         {"path": "/x", "uri": f"file:{a}"},
         {"path": "/x", "uri": f"file:{b}"},
         {"path": "/etc/hostname", "uri": f"file:{tmp_path / 'next-to-root'}"},
@@ -502,7 +518,8 @@ def test_composition_mount_points_and_outside_paths(start_view: StartView, tmp_p
     assert (m / "opt" / "deep" / "er" / "from_b").read_text() == "b"
     assert sorted(os.listdir(m / "x")) == ["from_b"]  # the later mount shadows the earlier
     assert (m / "etc" / "hostname").read_text() == "outside"  # a single-file mount
-    assert os.listdir(m / "tmp") == []
+    assert os.listdir(m / "tmp") == ["in"]
+    assert os.listdir(m / "tmp" / "in" / "tmpfs") == ["from_b"]
     assert not (m / "opt" / "shadowed").exists()
     assert not (m / "dev" / "hostfile").exists()
     assert not (m / "next-to-root").exists()

@@ -1073,15 +1073,18 @@ class ViewFS(pyfuse3.Operations):
 
     async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
         self.stats["forget"] += 1
-        for ino, count in inode_list:
-            node = self._nodes.get(ino)
-            if node is None:
-                continue
-            node.lookups -= count
-            if node.lookups <= 0 and not node.permanent and not node.handles:
-                del self._nodes[ino]
-                if self._by_key.get(node.key) is node:
-                    del self._by_key[node.key]
+        try:
+            for ino, count in inode_list:
+                node = self._nodes.get(ino)
+                if node is None:
+                    continue
+                node.lookups -= count
+                if node.lookups <= 0 and not node.permanent and not node.handles:
+                    del self._nodes[ino]
+                    if self._by_key.get(node.key) is node:
+                        del self._by_key[node.key]
+        except Exception:  # forget must not raise
+            log.exception("internal error in forget")
 
     @_op
     async def getattr(self, inode: pyfuse3.InodeT,
@@ -1228,18 +1231,32 @@ class ViewFS(pyfuse3.Operations):
     # ------------------------------------------------------------------ open / read / write
 
     def _open_host(self, node: Node, flags: int, mode: int = 0) -> int:
+        """Open the host file of a FILE node; refuses anything but a regular file.
+
+        O_NONBLOCK (meaningless for regular files) keeps a FIFO swapped in by the host
+        from blocking the file system.
+        """
         assert node.mount is not None
         root = self._roots[node.mount.index]
+        flags |= os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
         if not root.is_dir:
-            return os.open(root.host, flags | os.O_CLOEXEC | os.O_NOCTTY)
-        if node.follow:
+            fd = os.open(root.host, flags)
+        elif node.follow:
             pfd = self._parent_fd(node.mount, node.rel)
             try:
-                return os.open(posixpath.basename(node.rel), flags | os.O_CLOEXEC | os.O_NOCTTY,
-                               dir_fd=pfd)
+                fd = os.open(posixpath.basename(node.rel), flags, dir_fd=pfd)
             finally:
                 os.close(pfd)
-        return openat2(root.fd, node.rel, flags | os.O_NOFOLLOW | os.O_NOCTTY, mode)
+        else:
+            fd = openat2(root.fd, node.rel, flags | os.O_NOFOLLOW, mode)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise _fail(errno.EACCES)
+            os.set_blocking(fd, True)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def _new_handle(self, h: _Handle) -> int:
         fh = self._next_fh
@@ -1712,19 +1729,31 @@ class ViewFS(pyfuse3.Operations):
                 finally:
                     os.close(pfd)
             return
+        root = self._roots[node.mount.index]
+        target: int | str
         if node.kind is Kind.DIR:
-            root = self._roots[node.mount.index]
             fd = openat2(root.fd, node.rel, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            target = fd
+        elif node.kind is Kind.SPECIAL:
+            # FIFOs and sockets cannot be opened for this: act on an O_PATH descriptor of
+            # exactly that inode through its /proc magic link (never a swapped-in symlink)
+            fd = openat2(root.fd, node.rel, os.O_PATH | os.O_NOFOLLOW)
+            mode = os.fstat(fd).st_mode
+            if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+                os.close(fd)
+                raise _fail(errno.EACCES)
+            target = f"/proc/self/fd/{fd}"
         else:
-            fd = self._open_host(node, os.O_RDONLY | os.O_NONBLOCK)
+            fd = self._open_host(node, os.O_RDONLY)
+            target = fd
         try:
             if fields.update_mode:
-                os.fchmod(fd, stat.S_IMODE(attr.st_mode))
+                os.chmod(target, stat.S_IMODE(attr.st_mode))
             if fields.update_atime or fields.update_mtime:
                 cur = os.fstat(fd)
                 at = attr.st_atime_ns if fields.update_atime else cur.st_atime_ns
                 mt = attr.st_mtime_ns if fields.update_mtime else cur.st_mtime_ns
-                os.utime(fd, ns=(at, mt))
+                os.utime(target, ns=(at, mt))
         finally:
             os.close(fd)
 
