@@ -356,10 +356,19 @@ def test_uid_gid_and_no_capabilities(app_dir: Path, capfd: pytest.CaptureFixture
 
 
 def test_limits(app_dir: Path, capfd: pytest.CaptureFixture[str]) -> None:
-    m = sh("ulimit -s; ulimit -n; ulimit -v",
+    m = sh("ulimit -s; ulimit -n; ulimit -v; ulimit -Hc; ulimit -s 2048 || echo fixed",
            sys={"stack": {"size": "1M"}, "fds": {"limit": 321}}, sgx={"enclave_size": "512M"})
     assert go(m, app_dir) == 0
-    assert capfd.readouterr().out.split() == ["1024", "321", str(512 * 1024)]
+    out = capfd.readouterr().out.split()
+    # stack, files, address space; core dumps off; limits cannot be raised from inside
+    assert out == ["1024", "321", str(512 * 1024), "0", "fixed"]
+
+
+def test_disable_aslr(app_dir: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    assert go(sh("cat /proc/self/personality"), app_dir) == 0
+    m = sh("cat /proc/self/personality", loader={"insecure__disable_aslr": True})
+    assert go(m, app_dir) == 0
+    assert capfd.readouterr().out.split() == ["00000000", "00040000"]
 
 
 def test_enclave_size_bounds_each_process(app_dir: Path,
@@ -459,6 +468,25 @@ def wait_gone(check: Any, timeout: float = 10) -> Any:
     while (left := check()) and time.monotonic() < deadline:
         time.sleep(0.05)
     return left
+
+
+def test_view_readahead_is_raised(app_dir: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("tuning the FUSE connection's readahead needs root")
+    token = str(500000 + os.getpid() % 90000)
+    proc = start_runner(sh(f"echo up; exec sleep {token}"), app_dir)
+    try:
+        assert read_line(proc) == "up"
+        assert not wait_gone(lambda: not processes_with(token))
+        pid = processes_with(token)[0]
+        root = [line.split() for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
+                if line.split()[4] == "/"]
+        assert root and root[0][root[0].index("-") + 1] == "fuse.geode"
+        bdi = Path(f"/sys/class/bdi/{root[0][2]}/read_ahead_kb")
+        assert wait_gone(lambda: bdi.read_text().strip() != "1024") is False
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_supervisor_sigkill_leaves_no_process_and_no_mount(app_dir: Path) -> None:
@@ -584,6 +612,12 @@ def test_ordinary_user(app_dir: Path, fuse_for_everyone: None,
     assert res == {"rc": 6}
     out = capfd.readouterr().out.split()
     assert out == ["0", "0", str(OVERFLOW_ID), "1", "data", "sub"]
+
+    # another in-namespace id: the single id an ordinary user can map is then that one
+    m = sh("id -u; id -g; grep '^CapEff' /proc/self/status | awk '{print $2}'",
+           loader={"uid": 1000, "gid": 1000})
+    assert run_as(OVERFLOW_ID, m, app_dir) == {"rc": 0}
+    assert capfd.readouterr().out.split() == ["1000", "1000", "0000000000000000"]
 
 
 @unprivileged

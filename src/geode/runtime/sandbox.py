@@ -141,6 +141,11 @@ DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 #: (inside systemd's "unused" id block, above the range systemd-nspawn allocates from).
 DEFAULT_SUBID_BASE = 0x70000000
 SUBID_RANGE = 65536
+#: RLIMIT_CORE of the program (soft and hard): a core dump would carry the program's memory out
+#: of the shield (to the host's file system or core handler). 1 rather than 0 because the
+#: kernel ignores the limit for a piped core_pattern (systemd-coredump, apport) except for the
+#: value 1, which aborts the dump; for file dumps 1 byte is below the minimum, so none is made.
+CORE_LIMIT = 1
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -362,8 +367,9 @@ def id_mapping(uid: int, gid: int) -> IdMapping:
 
 def effective_limits(spec: ProcessSpec, ids: IdMapping) -> tuple[list[tuple[int, int]],
                                                                  list[str]]:
-    """``(resource, value)`` pairs to apply, clamped to the hard limits this process holds
-    (an unprivileged process cannot raise them), and warnings for each clamp."""
+    """``(resource, value)`` pairs to apply (soft = hard), clamped to the hard limits this
+    process holds (an unprivileged process cannot raise them), and warnings for each clamp.
+    Core dumps are always disabled (:data:`CORE_LIMIT`)."""
     lim = spec.limits
     wanted: list[tuple[int, int, str]] = [
         (resource.RLIMIT_STACK, lim.stack, "sys.stack.size"),
@@ -374,7 +380,7 @@ def effective_limits(spec: ProcessSpec, ids: IdMapping) -> tuple[list[tuple[int,
         # C and I run as the same (namespace, uid) as the program unless it switches uid.
         helpers = 2 if spec.uid == ids.helper_uid else 0
         wanted.append((resource.RLIMIT_NPROC, lim.tasks + helpers, "sgx.max_threads"))
-    out: list[tuple[int, int]] = []
+    out: list[tuple[int, int]] = [(resource.RLIMIT_CORE, CORE_LIMIT)]
     warnings: list[str] = []
     for res, value, key in wanted:
         _, hard = resource.getrlimit(res)
@@ -441,6 +447,7 @@ def preflight(*, fuse: bool = True) -> None:
 #   S -> C  b"mapped"
 #   C -> S  b"init <pid>" + [pidfd]   PID 1 forked (pid as seen by S), with a pidfd for it
 #   I -> S  b"fuse" + [/dev/fuse fd]  the view is mounted; S must start serving it now
+#   I -> S  b"dev <st_dev>"           device number of the mounted view
 #   I -> S  b"ready"                  root built, seccomp installed; forking the program
 #   * -> S  b"error <message>"        setup failed; the helper exits
 #   EOF                               every helper closed its end: the program was exec'd
@@ -690,6 +697,8 @@ def _build_root(cfg: SandboxConfig, ctl: socket.socket, fuse_fd: int) -> None:
             raise _SetupFailure(f"cannot mount the FUSE view: {e.strerror}") from None
         _send(ctl, b"fuse", [fuse_fd])
         os.close(fuse_fd)
+        # Served from now on: tell S the connection's device number (for tuning it).
+        _send(ctl, b"dev %d" % os.stat(root).st_dev)
     else:
         _mount("geode-root", root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
     root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -851,6 +860,7 @@ class Sandbox:
         self.init_pid: int | None = None
         self.init_pidfd: int | None = None
         self.fuse_fd: int | None = None
+        self.fuse_dev: int | None = None  #: st_dev of the mounted view, once known
         self.ctl: socket.socket | None = None
         self.errors: list[str] = []
         self.ready = False
@@ -904,6 +914,8 @@ class Sandbox:
                 self.init_pidfd = fds[0]
             elif msg == b"fuse" and fds:
                 self.fuse_fd = fds[0]
+            elif msg.startswith(b"dev "):
+                self.fuse_dev = int(msg.split()[1])
             elif msg.startswith(b"error "):
                 self.errors.append(msg[6:].decode("utf-8", "replace"))
                 for fd in fds:
@@ -951,6 +963,8 @@ class Sandbox:
                 return
             if msg == b"ready":
                 self.ready = True
+            elif msg.startswith(b"dev "):
+                self.fuse_dev = int(msg.split()[1])
             elif msg.startswith(b"error "):
                 self.errors.append(msg[6:].decode("utf-8", "replace"))
 

@@ -151,12 +151,14 @@ def sandbox_config(spec: ProcessSpec, *, root: FuseRoot | BindRoot,
 # --------------------------------------------------------------------------------------------
 
 
-def supervise(cfg: SandboxConfig, *, fs: Any = None, serve: Serve | None = None) -> int:
+def supervise(cfg: SandboxConfig, *, fs: Any = None, serve: Serve | None = None,
+              on_mounted: Callable[[int], object] | None = None) -> int:
     """Start the sandbox described by ``cfg`` and supervise it until it exits.
 
     With a :class:`FuseRoot`, ``serve(fs, mountpoint)`` serves the view (it is given
-    ``/dev/fd/N``). Returns the program's exit status; raises :class:`GeodeError` if the sandbox
-    could not be built or the program could not be executed.
+    ``/dev/fd/N``) and ``on_mounted(st_dev)`` is called once the view's device number is known.
+    Returns the program's exit status; raises :class:`GeodeError` if the sandbox could not be
+    built or the program could not be executed.
     """
     import trio  # imported here so that pure uses of the runtime do not need it
 
@@ -181,9 +183,13 @@ def supervise(cfg: SandboxConfig, *, fs: Any = None, serve: Serve | None = None)
 
         async def watch_ctl() -> None:
             assert sandbox.ctl is not None
+            tuned = False
             while not sandbox.eof:
                 await trio.lowlevel.wait_readable(sandbox.ctl)
                 sandbox.read_messages()
+                if not tuned and sandbox.fuse_dev is not None and on_mounted is not None:
+                    tuned = True
+                    on_mounted(sandbox.fuse_dev)
                 if sandbox.errors:
                     sandbox.kill()
                     return
@@ -222,6 +228,10 @@ def supervise(cfg: SandboxConfig, *, fs: Any = None, serve: Serve | None = None)
 
     try:
         trio.run(main)
+    except KeyboardInterrupt:  # SIGINT before the signal receiver was installed
+        sandbox.kill()
+        sandbox.wait()
+        result["signal"] = signal.SIGINT
     except BaseException:
         sandbox.kill()
         sandbox.wait()
@@ -323,8 +333,10 @@ def run(manifest: dict[str, Any], *, manifest_path: Path, host_args: list[str],
     plan, fs, root = _view_for(manifest, base_dir, (spec.uid, spec.gid))
     cfg = sandbox_config(spec, root=root, mounts=kernel_mounts(plan))
     log.debug("tee backend: %s", tee)
+    from geode.runtime import viewfs
+
     try:
-        return supervise(cfg, fs=fs, serve=serve_fd)
+        return supervise(cfg, fs=fs, serve=serve_fd, on_mounted=viewfs.tune_readahead)
     except OSError as e:
         if e.errno in (errno.EPERM, errno.EACCES, errno.ENOSPC):
             raise GeodeError(f"cannot start the sandbox: {e}") from None
