@@ -87,6 +87,19 @@ class _FileHandler(logging.FileHandler, _RuntimeHandler):
     pass
 
 
+class _BenignReplyFilter(logging.Filter):
+    """pyfuse3 logs an error when the kernel no longer waits for a reply (ENOENT): requests
+    still in flight while the sandbox is torn down (typically RELEASE of the program's last
+    open files). That is expected; keep it out of the user's terminal."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not ("fuse_reply_" in text and os.strerror(errno.ENOENT) in text)
+
+
+_BENIGN = _BenignReplyFilter()
+
+
 def configure_logging(manifest: Mapping[str, Any]) -> None:
     """Configure the ``geode`` logger from ``loader.log_level`` / ``loader.log_file``."""
     loader = manifest.get("loader", {}) if isinstance(manifest, Mapping) else {}
@@ -114,6 +127,16 @@ def configure_logging(manifest: Mapping[str, Any]) -> None:
     log.addHandler(handler)
     log.setLevel(LOG_LEVELS[level_name])
     log.propagate = False
+    # pyfuse3's own messages go to the same place, at the same level
+    fuse_log = logging.getLogger("pyfuse3")
+    for h in list(fuse_log.handlers):
+        if isinstance(h, _RuntimeHandler):
+            fuse_log.removeHandler(h)
+    fuse_log.addHandler(handler)
+    fuse_log.setLevel(LOG_LEVELS[level_name])
+    fuse_log.propagate = False
+    if _BENIGN not in fuse_log.filters:
+        fuse_log.addFilter(_BENIGN)
 
 
 def _under(path: str, prefix: str) -> bool:
