@@ -764,6 +764,37 @@ def test_serve_in_process_ready_and_clean_unmount(tmp_path: Path) -> None:
     assert not is_mounted(mnt)
 
 
+@pytest.mark.parametrize("delay", [0.0, 0.001, 0.02])
+def test_serve_cancelled_while_starting_leaves_no_mount(tmp_path: Path, delay: float) -> None:
+    import trio
+
+    from geode.runtime.plan import ViewPlan
+    from geode.runtime.viewfs import ViewFS, serve
+
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    fs = ViewFS(ViewPlan.from_manifest({}, base_dir=tmp_path), {})
+
+    async def main() -> None:
+        with trio.move_on_after(delay):
+            await serve(fs, mnt)
+
+    done = threading.Event()
+
+    def thread() -> None:
+        try:
+            trio.run(main)
+        finally:
+            done.set()
+
+    threading.Thread(target=thread, daemon=True).start()
+    finished = done.wait(30)
+    if not finished:
+        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
+    assert finished, "serve() hung when cancelled"
+    assert not is_mounted(mnt)
+
+
 def test_serve_refuses_a_missing_mountpoint(tmp_path: Path) -> None:
     import trio
 

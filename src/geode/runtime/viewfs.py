@@ -132,7 +132,7 @@ VOLATILE_TIMEOUT = 1.0
 #: first-open verification of files at least this big runs on a worker thread
 THREAD_HASH_MIN = 2 << 20
 #: ... and computes the whole-file hash and the chunk hashes in parallel
-PARALLEL_HASH_MIN = 8 << 20
+PARALLEL_HASH_MIN = 2 << 20
 #: verified files up to this size are pushed into the kernel page cache (notify_store) as
 #: soon as they are verified, so that the program's reads never reach Python
 STORE_MAX = 16 << 20
@@ -1796,6 +1796,17 @@ def tune_readahead(dev: int, kib: int = READ_AHEAD_KB) -> bool:
     return True
 
 
+async def _stat_abandonable(path: Path) -> os.stat_result:
+    """os.stat in a thread that a cancellation abandons (it cannot finish if the FUSE loop
+    that has to answer it was cancelled; the unmount then makes it fail)."""
+    import inspect
+
+    params = inspect.signature(trio.to_thread.run_sync).parameters
+    kw = {"abandon_on_cancel": True} if "abandon_on_cancel" in params else {"cancellable": True}
+    result: os.stat_result = await trio.to_thread.run_sync(os.stat, path, **kw)
+    return result
+
+
 def _raise_nofile_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
@@ -1821,7 +1832,7 @@ async def serve(fs: ViewFS, mountpoint: Path, *,
             nursery.start_soon(pyfuse3.main)
             # The first stat completes the FUSE handshake: the view is live after it.
             try:
-                st = await trio.to_thread.run_sync(os.stat, mnt)
+                st = await _stat_abandonable(mnt)
             except OSError as e:
                 raise GeodeError(f"the view did not come up: {e.strerror}",
                                  where=str(mnt)) from None
