@@ -509,6 +509,18 @@ def test_supervisor_sigkill_leaves_no_process_and_no_mount(app_dir: Path) -> Non
         proc.wait()
 
 
+def test_supervisor_without_stdin_does_not_leak_a_descriptor(app_dir: Path) -> None:
+    (app_dir / "runner.py").write_text(RUNNER)
+    (app_dir / "app.manifest.json").write_text(
+        json.dumps(sh("readlink /proc/self/fd/0; ls /proc/self/fd | wc -l")))
+    proc = subprocess.run(
+        ["/bin/sh", "-c", 'exec "$0" "$1" "$2" <&-', sys.executable,
+         str(app_dir / "runner.py"), str(app_dir / "app.manifest.json")],
+        capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["/dev/null", "4"]  # 0, 1, 2 and ls's own
+
+
 @pytest.mark.parametrize("injection", [True, False])
 def test_sigterm(app_dir: Path, injection: bool) -> None:
     script = ("trap 'echo got-term; exit 42' TERM; echo ready; "

@@ -74,6 +74,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import os
 import resource
 import signal
@@ -494,6 +495,23 @@ def _set_parent_death_signal(expected_parent: int | None) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def _sanitize_stdio() -> None:
+    """Descriptors 0-2 are what the program inherits. A slot that is closed, or that holds a
+    close-on-exec descriptor (when the supervisor runs without, say, stdin, the first file it
+    opens takes number 0, e.g. a view's O_PATH handle on a host directory), is replaced by
+    /dev/null, so that nothing but the caller's own stdio can ever reach the program."""
+    for fd in (0, 1, 2):
+        try:
+            keep = not fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+        except OSError:
+            keep = False
+        if not keep:
+            null = os.open("/dev/null", os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)  # the copy is inheritable
+                os.close(null)
+
+
 def _map_self(ids: IdMapping) -> None:
     """Write this process's own id maps (unprivileged case). /proc/self/* files of a
     non-dumpable process belong to root, so make sure this one is dumpable while writing."""
@@ -516,6 +534,7 @@ def _outer_main(cfg: SandboxConfig, ctl: socket.socket, supervisor: int) -> None
         for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)
         _close_fds_except({0, 1, 2, ctl.fileno()})
+        _sanitize_stdio()
         try:
             _unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC)
         except OSError as e:
@@ -592,7 +611,11 @@ def _init_main(cfg: SandboxConfig, ctl: socket.socket, fuse_fd: int) -> None:
         ctl.close()
         ctl = None  # type: ignore[assignment]
         if cfg.spec.sigterm_injection:
-            signal.signal(signal.SIGTERM, lambda *_: os.kill(pid, signal.SIGTERM))
+            def forward(*_: object) -> None:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGTERM)
+
+            signal.signal(signal.SIGTERM, forward)
         while True:
             try:
                 reaped, status = os.wait()
