@@ -31,6 +31,13 @@ from geode.runtime.process import (
 ENTRY = "/usr/bin/app"
 
 
+@pytest.fixture(autouse=True)
+def _geode_log_reaches_caplog(monkeypatch: pytest.MonkeyPatch) -> None:
+    # run() configures the "geode" logger not to propagate; caplog listens at the root.
+    monkeypatch.setattr(logging.getLogger("geode"), "propagate", True)
+    monkeypatch.setattr(logging.getLogger("geode"), "level", logging.NOTSET)
+
+
 def manifest(**sections: Any) -> dict[str, Any]:
     m: dict[str, Any] = {"libos": {"entrypoint": ENTRY}, "fs": {"mounts": []}}
     for name, table in sections.items():
