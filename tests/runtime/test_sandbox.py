@@ -15,6 +15,7 @@ import contextlib
 import ctypes
 import hashlib
 import json
+import logging
 import os
 import select
 import shutil
@@ -65,6 +66,25 @@ def base_manifest(argv: list[str], **extra: Any) -> dict[str, Any]:
 
 def sh(script: str, **extra: Any) -> dict[str, Any]:
     return base_manifest(["/bin/sh", "-c", script], **extra)
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """run() configures the "geode" and "pyfuse3" loggers; leave them as we found them."""
+    saved = {}
+    for name in ("geode", "pyfuse3"):
+        lg = logging.getLogger(name)
+        saved[name] = (list(lg.handlers), list(lg.filters), lg.level, lg.propagate)
+    yield
+    for name, (handlers, filters, level, propagate) in saved.items():
+        lg = logging.getLogger(name)
+        for h in lg.handlers:
+            if h not in handlers:
+                h.close()
+        lg.handlers[:] = handlers
+        lg.filters[:] = filters
+        lg.setLevel(level)
+        lg.propagate = propagate
 
 
 @pytest.fixture
