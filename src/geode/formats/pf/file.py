@@ -23,6 +23,7 @@ it. Opening a file whose flag is set replays the records, which restores the pre
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import struct
 import threading
@@ -459,7 +460,11 @@ class ProtectedFile:
             self._write_at(self._size, None, size - self._size)
 
     def _write_at(self, pos: int, view: memoryview | None, length: int = 0) -> None:
-        """Write ``view`` (or ``length`` zero bytes) at ``pos``, growing the size as it goes."""
+        """Write ``view`` (or ``length`` zero bytes) at ``pos``, growing the size as it goes.
+
+        The size grows node by node, so a write-back forced by eviction in the middle always
+        describes exactly the nodes that exist.
+        """
         end = pos + (len(view) if view is not None else length)
         src = 0
         if pos < L.MD_DATA_SIZE:
@@ -478,29 +483,41 @@ class ProtectedFile:
             if not self._full_overwrite(d, pos, end) and d < L.data_node_count(self._size):
                 self._get_data(d)
         data = self._data
+        mht = self._mht
+        node_size = L.NODE_SIZE
+        per_mht = L.DATA_PER_MHT
         while pos < end:
-            d = L.data_node_index(pos)
-            base = L.data_node_offset(d)
-            a, b = pos - base, min(end - base, L.NODE_SIZE)
+            d = (pos - L.MD_DATA_SIZE) // node_size
+            base = L.MD_DATA_SIZE + d * node_size
+            a, b = pos - base, min(end - base, node_size)
+            n = b - a
             node = data.get(d)
             if node is None:
-                if d < L.data_node_count(self._size) and not self._full_overwrite(d, pos, end):
+                if n == node_size:  # a whole node: no need to read the old one
+                    node = _Node(bytearray(view[src:src + n]) if view is not None
+                                 else bytearray(node_size))
+                elif d < L.data_node_count(self._size) and not self._full_overwrite(d, pos, end):
                     node = self._get_data(d)
+                    node.buf[a:b] = view[src:src + n] if view is not None else _ZEROS[:n]
                 else:
-                    node = _Node(bytearray(L.NODE_SIZE))
-                    data[d] = node
+                    node = _Node(bytearray(node_size))
+                    node.buf[a:b] = view[src:src + n] if view is not None else _ZEROS[:n]
+                data[d] = node
             else:
                 data.move_to_end(d)
-            n = b - a
-            node.buf[a:b] = view[src:src + n] if view is not None else _ZEROS[:n]
+                node.buf[a:b] = view[src:src + n] if view is not None else _ZEROS[:n]
             src += n
             pos = base + b
             if not node.dirty:
-                self._mark_dirty(d, node)
+                node.dirty = True
+                self._nodes_dirty = True
+                parent = mht.get(d // per_mht) if d >= per_mht else self._root
+                if parent is None or not parent.dirty:
+                    self._mark_dirty(d, node)
             if pos > self._size:
                 self._size = pos
                 self._meta_dirty = True
-            if len(data) > self._cap_data or len(self._mht) > self._cap_mht:
+            if len(data) > self._cap_data or len(mht) > self._cap_mht:
                 self._evict()
 
     def _full_overwrite(self, d: int, pos: int, end: int) -> bool:
@@ -509,12 +526,18 @@ class ProtectedFile:
         return pos <= base and (end >= base + L.NODE_SIZE or end >= self._size)
 
     def _evict(self) -> None:
+        """Shrink an over-full cache to 3/4 of its capacity (so evictions come in batches).
+
+        A dirty victim forces a full write-back first, after which every node is clean.
+        """
         for cache, cap in ((self._data, self._cap_data), (self._mht, self._cap_mht)):
-            while len(cache) > cap:
-                victim = next(iter(cache.values()))
-                if victim.dirty:
+            if len(cache) > cap:
+                excess = len(cache) - (cap - cap // 4)
+                if any(node.dirty for node in itertools.islice(cache.values(), excess)):
                     self._write_back()
-                cache.popitem(last=False)
+                popitem = cache.popitem
+                for _ in range(excess):
+                    popitem(last=False)
 
     # --- write-back ------------------------------------------------------------------------------
 
@@ -557,20 +580,25 @@ class ProtectedFile:
         dirty_mht = sorted(((k, n) for k, n in self._mht.items() if n.dirty), reverse=True)
         keys = os.urandom(L.KEY_SIZE * (len(dirty_data) + len(dirty_mht) + 1))
         iv = L.IV
+        node_size = L.NODE_SIZE
+        per_mht = L.DATA_PER_MHT
         blocks: list[tuple[int, bytes | memoryview]] = []
+        append = blocks.append
         root = self._get_root()
         mht_cache = self._mht
         at = 0
+        k_cur, parent_buf = -1, root.buf
         for d, node in dirty_data:
-            k = d // L.DATA_PER_MHT
-            parent = root if k == 0 else mht_cache[k]
+            k = d // per_mht
+            if k != k_cur:
+                k_cur = k
+                parent_buf = root.buf if k == 0 else mht_cache[k].buf
             key = keys[at:at + 16]
             at += 16
             out = AESGCM(key).encrypt(iv, node.buf, None)
-            slot = (d % L.DATA_PER_MHT) * L.ENTRY_SIZE
-            parent.buf[slot:slot + 16] = key
-            parent.buf[slot + 16:slot + 32] = out[L.NODE_SIZE:]
-            blocks.append((L.data_node_physical(d), memoryview(out)[:L.NODE_SIZE]))
+            slot = (d - k * per_mht) * 32
+            parent_buf[slot:slot + 32] = key + out[node_size:]
+            append((d + 2 + k, memoryview(out)[:node_size]))
             node.dirty = False
         for k, node in dirty_mht:  # deepest (highest-numbered) first: children before parents
             parent_k, slot = L.mht_node_parent(k)
@@ -578,14 +606,13 @@ class ProtectedFile:
             key = keys[at:at + 16]
             at += 16
             out = AESGCM(key).encrypt(iv, node.buf, None)
-            parent.buf[slot:slot + 16] = key
-            parent.buf[slot + 16:slot + 32] = out[L.NODE_SIZE:]
-            blocks.append((L.mht_node_physical(k), memoryview(out)[:L.NODE_SIZE]))
+            parent.buf[slot:slot + 32] = key + out[node_size:]
+            append((L.mht_node_physical(k), memoryview(out)[:node_size]))
             node.dirty = False
         key = keys[at:at + 16]
         out = AESGCM(key).encrypt(iv, root.buf, None)
-        self._root_key, self._root_mac = key, out[L.NODE_SIZE:]
-        blocks.append((1, memoryview(out)[:L.NODE_SIZE]))
+        self._root_key, self._root_mac = key, out[node_size:]
+        append((1, memoryview(out)[:node_size]))
         root.dirty = False
         blocks.sort(key=lambda item: item[0])
         return blocks
