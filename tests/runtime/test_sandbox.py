@@ -189,9 +189,19 @@ def test_sysv_and_posix_ipc_work_and_are_private(app_dir: Path,
             sem = mp.get_context("fork").Semaphore(0)
             p = mp.get_context("fork").Process(target=sem.release); p.start(); p.join()
             print("sem", sem.acquire(timeout=5))
+            import ctypes, os
+            rt = ctypes.CDLL("librt.so.1", use_errno=True)
+            q = rt.mq_open(b"/geode-test", os.O_CREAT | os.O_RDWR, 0o600, None)
+            if os.fork() == 0:
+                rt.mq_send(q, b"via mqueue", 10, 0); os._exit(0)
+            os.wait()
+            buf = ctypes.create_string_buffer(8192)
+            n = rt.mq_receive(q, buf, 8192, None)
+            print(buf.raw[:n].decode()); rt.mq_unlink(b"/geode-test")
         """)
         assert go(base_manifest(["/usr/bin/python3", "-c", code]), app_dir) == 0
-        assert capfd.readouterr().out.splitlines() == ["0", "3", "shm 99", "sem True"]
+        assert capfd.readouterr().out.splitlines() == ["0", "3", "shm 99", "sem True",
+                                                       "via mqueue"]
     finally:
         subprocess.run(["ipcrm", "-q", host_qid], check=False)
     # and nothing the sandbox created leaked into the host's IPC namespace
