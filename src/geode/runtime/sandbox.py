@@ -3,21 +3,22 @@
 Process tree::
 
     supervisor (S)          the geode process: host namespaces, serves the FUSE view (trio)
-    └── outer helper (C)    forked from S while S is single-threaded; unshares user, mount,
+    └── outer helper (C)    forked from S before trio or pyfuse3 start; unshares user, mount,
         │                   pid, uts and ipc namespaces; waits for its child, exits with its
         │                   status
         └── init (I)        PID 1 of the new pid namespace: builds the root, forks the
             │               program, reaps every zombie, exits with the program's status
-            └── program (P) execve(libos.entrypoint) after rlimits, ids, seccomp
+            └── program (P) execve(libos.entrypoint) after signals reset, fs.start_dir,
+                            rlimits, personality, ids, seccomp, fds >= 3 closed
 
 Why this shape:
 
 * **S stays in the host namespaces.** It reads host files with its own credentials (as root or
   as the invoking user) and never sees the sandbox's mounts, so no mount can outlive it on the
-  host and S cannot deadlock on its own FUSE file system. It forks C before starting trio or
-  pyfuse3 (before any thread exists) and never calls ``unshare`` itself: Python threads and
-  ``unshare(CLONE_NEWUSER)`` (which requires a single-threaded caller) do not mix, and after
-  ``unshare(CLONE_NEWPID)`` a process can no longer create threads.
+  host and S cannot deadlock on its own FUSE file system. It never calls ``unshare`` itself:
+  ``unshare(CLONE_NEWUSER)`` requires a single-threaded caller (S runs trio, pyfuse3 and their
+  worker threads), and after ``unshare(CLONE_NEWPID)`` a process can no longer create
+  threads. C is forked before trio starts, and a forked child has a single thread.
 * **C exists because of ``CLONE_NEWPID``**: unsharing a pid namespace affects the caller's
   *children* only, so the first child of C is PID 1. C is also the only process that can hand
   S a race-free handle on I (a pidfd, passed over the control socket).
@@ -31,12 +32,19 @@ Why this shape:
 Identity. The program always runs in a fresh user namespace, also when Geode runs as root:
 
 * as an ordinary user, in-namespace ``loader.uid``/``loader.gid`` map to the user's own ids
-  (one id each; ``setgroups`` is denied, as the kernel requires for an unprivileged map);
+  (one id each; ``setgroups`` is denied, as the kernel requires for an unprivileged map; C
+  writes these maps itself, as the namespace's owner may). A program that switches to other
+  ids (``setuid``) gets ``EINVAL`` there: only one id exists;
 * as root, in-namespace ids 0-65535 map to an unprivileged host range (root's range from
   ``/etc/subuid``/``/etc/subgid`` if there is one, else :data:`DEFAULT_SUBID_BASE`). The
   program's root is therefore *not* host root: host-root-owned files under ``/proc/sys`` and
   ``/proc/sysrq-trigger`` are not writable for it, ``RLIMIT_NPROC`` is enforced, and it holds
-  capabilities only over its own namespaces.
+  capabilities only over its own namespaces. S writes these maps (it holds CAP_SETUID).
+
+Descriptors. C closes everything but stdio and the control socket; a stdio slot that is closed
+or close-on-exec in S is replaced by ``/dev/null``; P marks every descriptor above 2
+close-on-exec. The program starts with exactly fds 0, 1 and 2. Core dumps are disabled
+(``RLIMIT_CORE``, see :data:`CORE_LIMIT`): a dump would carry the program's memory outside.
 
 Mount order, done by I in its private mount namespace (every mount point is resolved with
 ``openat2(RESOLVE_IN_ROOT)`` inside the new root, so a symlink in the view cannot redirect a

@@ -9,8 +9,14 @@ The supervisor is the ``geode`` process itself. It
    what is missing;
 3. starts the sandbox (:class:`geode.runtime.sandbox.Sandbox`: fork while single-threaded,
    write the user-namespace id maps, receive PID 1's pidfd and the FUSE descriptor);
-4. runs trio: serves the FUSE view, watches the control socket and PID 1, handles host signals;
+4. runs trio: serves the FUSE view (pyfuse3 on the ``/dev/fuse`` descriptor PID 1 mounted
+   inside the sandbox, see :mod:`geode.runtime.sandbox`; the view's readahead is raised once
+   its device number is known), watches the control socket and PID 1, handles host signals;
 5. returns the program's exit status (128+N if it died of signal N).
+
+Files in the view appear owned by the program's own ``loader.uid``/``loader.gid``, as in
+Gramine (whose inodes take the current emulated ids); access is decided by the manifest's
+file policy, not by owners and modes.
 
 Host signals (the program never receives a host signal through Geode except one SIGTERM):
 
@@ -183,7 +189,7 @@ def supervise(cfg: SandboxConfig, *, fs: Any = None, serve: Serve | None = None,
     Returns the program's exit status; raises :class:`GeodeError` if the sandbox could not be
     built or the program could not be executed.
     """
-    import trio  # imported here so that pure uses of the runtime do not need it
+    import trio  # type: ignore[import-untyped,unused-ignore]  # only needed when running
 
     fuse = isinstance(cfg.root, FuseRoot)
     if fuse and (fs is None or serve is None):
@@ -303,7 +309,7 @@ async def serve_fd(fs: Any, mountpoint: str) -> None:
     ``/dev/fd/N``): libfuse then neither mounts nor unmounts; the mount belongs to the
     sandbox's mount namespace and disappears with it."""
     import pyfuse3
-    import trio
+    import trio  # type: ignore[import-untyped,unused-ignore]
 
     from geode.runtime import viewfs
 
