@@ -708,3 +708,33 @@ def test_missing_fuse_is_one_clear_line(app_dir: Path) -> None:
     assert res["type"] == "GeodeError"
     assert "FUSE" in res["error"] and "/dev/fuse" in res["error"]
     assert "\n" not in res["error"]
+
+
+def test_no_user_namespaces_is_one_clear_line(app_dir: Path) -> None:
+    """Where unshare(CLONE_NEWUSER) is refused (here by a seccomp filter on the supervisor,
+    as a container runtime's profile would), run() fails with one line saying so."""
+    from geode.runtime import seccomp
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        result: dict[str, Any]
+        try:
+            os.close(r)
+            seccomp.install()
+            result = {"rc": go(base_manifest(["/bin/true"]), app_dir)}
+        except BaseException as e:
+            result = {"error": str(e), "type": type(e).__name__}
+        finally:
+            os.write(w, json.dumps(result).encode())
+            os._exit(0)
+    os.close(w)
+    data = b""
+    while chunk := os.read(r, 65536):
+        data += chunk
+    os.close(r)
+    os.waitpid(pid, 0)
+    res = json.loads(data)
+    assert isinstance(res.get("error"), str), res
+    assert res["type"] in ("GeodeError", "SandboxError")  # SandboxError is a GeodeError
+    assert "user namespaces" in res["error"] and "\n" not in res["error"]
