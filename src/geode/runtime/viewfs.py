@@ -70,11 +70,14 @@ What the program sees
 * **Caching** keeps Python off the hot path: 300 s entry/attribute timeouts (1 s in allowed
   areas, 0 for ``/dev/attestation/keys``), cached negative lookups, readdirplus (listing a
   directory also answers the lookups of its entries), ``keep_cache`` on trusted files (the
-  page cache only ever holds verified bytes), no ``direct_io`` except for pseudo-files,
-  the kernel's largest read size (libfuse's ``max_read`` option cannot be combined with
-  pyfuse3, which does not set the matching ``conn.max_read``), and FLUSH/xattr requests
-  left unimplemented so that the kernel stops sending them. Inode numbers are stable for
-  the mount's lifetime per host (dev, inode).
+  page cache only ever holds verified bytes), no ``direct_io`` except for pseudo-files, and
+  FLUSH/xattr requests left unimplemented so that the kernel stops sending them. A trusted
+  file of at most 16 MiB is pushed into the page cache (``notify_store``) right after it
+  verified, from the very bytes that were hashed, so the program's reads of it never reach
+  Python; bigger files are read 1 MiB per request (readahead raised from 128 KiB; libfuse's
+  ``max_read`` option cannot be used, as pyfuse3 does not set the matching
+  ``conn.max_read``). Inode numbers are stable for the mount's lifetime per host (dev,
+  inode).
 * ``default_permissions`` is deliberately *not* used: access is decided by the manifest
   policy (Gramine ignores host mode bits the same way and accesses files with the rights of
   the user running it), and the kernel's mode-bit checks would otherwise compare host
