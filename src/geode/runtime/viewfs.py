@@ -1906,7 +1906,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         if args.stats_file is not None:
-            stats = dict(fs.stats)
+            stats: dict[str, float] = dict(fs.stats)
             stats["total"] = sum(fs.stats.values())
             stats["verified_bytes"] = fs.verified_bytes
             stats["busy_ms"] = round(fs.busy_ns / 1e6, 3)
