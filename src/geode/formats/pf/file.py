@@ -47,16 +47,6 @@ _RECORD = struct.Struct("<Q")
 RECORD_SIZE = _RECORD.size + L.NODE_SIZE
 
 
-class _Node:
-    """A decrypted MHT or data node."""
-
-    __slots__ = ("buf", "dirty")
-
-    def __init__(self, buf: bytearray) -> None:
-        self.buf = buf
-        self.dirty = False
-
-
 class ProtectedFile:
     """One open protected file. Use :meth:`open`; all offsets are plaintext offsets.
 
@@ -78,11 +68,15 @@ class ProtectedFile:
         self._md = bytearray(L.MD_DATA_SIZE)
         self._root_key = bytes(L.KEY_SIZE)
         self._root_mac = bytes(L.MAC_SIZE)
-        self._root: _Node | None = None
-        self._data: OrderedDict[int, _Node] = OrderedDict()
-        self._mht: OrderedDict[int, _Node] = OrderedDict()
+        # Decrypted nodes: the root MHT node (pinned), and LRU caches of MHT nodes (by logical
+        # number k >= 1) and data nodes (by logical number d). Dirty = changed since written.
+        self._root: bytearray | None = None
+        self._root_dirty = False
+        self._data: OrderedDict[int, bytearray] = OrderedDict()
+        self._mht: OrderedDict[int, bytearray] = OrderedDict()
+        self._dirty_data: set[int] = set()
+        self._dirty_mht: set[int] = set()
         self._meta_dirty = False
-        self._nodes_dirty = False
         self._host_nodes = 0  # physical nodes in the host file, as far as we know
         self._closed = False
         self._failed: GeodeError | None = None
@@ -206,7 +200,7 @@ class ProtectedFile:
     @property
     def dirty(self) -> bool:
         """Whether there are changes not yet written to the host file."""
-        return self._meta_dirty or self._nodes_dirty
+        return self._meta_dirty or self._root_dirty
 
     # --- public operations -----------------------------------------------------------------------
 
@@ -296,9 +290,11 @@ class ProtectedFile:
             finally:
                 self._closed = True
                 for cache in (self._data, self._mht):
-                    for node in cache.values():
-                        node.buf[:] = _ZEROS
+                    for buf in cache.values():
+                        buf[:] = _ZEROS
                     cache.clear()
+                self._dirty_data.clear()
+                self._dirty_mht.clear()
                 self._root = None
                 self._md[:] = bytes(L.MD_DATA_SIZE)
             if self._failed is not None:
@@ -340,8 +336,11 @@ class ProtectedFile:
             raise
 
     # --- nodes -----------------------------------------------------------------------------------
+    #
+    # Invariant: a dirty data node's MHT ancestors are all dirty, and dirty nodes are never
+    # evicted, so a write-back finds every parent it needs in memory.
 
-    def _get_root(self) -> _Node:
+    def _get_root(self) -> bytearray:
         root = self._root
         if root is None:
             if L.data_node_count(self._size):
@@ -350,13 +349,13 @@ class ProtectedFile:
                 if plain is None:
                     raise self._error(PfErrorKind.CORRUPT_NODE, "root MHT node (physical node "
                                       "1) does not authenticate", node=1)
-                root = _Node(bytearray(plain))
+                root = bytearray(plain)
             else:
-                root = _Node(bytearray(L.NODE_SIZE))
+                root = bytearray(L.NODE_SIZE)
             self._root = root
         return root
 
-    def _get_mht(self, k: int) -> _Node:
+    def _get_mht(self, k: int) -> bytearray:
         if k == 0:
             return self._get_root()
         node = self._mht.get(k)
@@ -368,14 +367,14 @@ class ProtectedFile:
         if k * L.DATA_PER_MHT < L.data_node_count(self._size):
             physical = L.mht_node_physical(k)
             raw = self._read_physical(physical, 1)
-            plain = L.decrypt_node(bytes(parent.buf[slot:slot + 16]), raw,
-                                   bytes(parent.buf[slot + 16:slot + 32]))
+            plain = L.decrypt_node(bytes(parent[slot:slot + 16]), raw,
+                                   bytes(parent[slot + 16:slot + 32]))
             if plain is None:
                 raise self._error(PfErrorKind.CORRUPT_NODE, f"MHT node {k} (physical node "
                                   f"{physical}) does not authenticate", node=physical)
-            node = _Node(bytearray(plain))
+            node = bytearray(plain)
         else:
-            node = _Node(bytearray(L.NODE_SIZE))
+            node = bytearray(L.NODE_SIZE)
         self._mht[k] = node
         return node
 
@@ -393,24 +392,24 @@ class ProtectedFile:
         raw = memoryview(self._read_physical(p0, L.data_node_physical(last) - p0 + 1))
         data = self._data
         iv = L.IV
-        k_cur, mht = -1, None
+        per_mht = L.DATA_PER_MHT
+        k_cur, mht = -1, bytearray()
         for d in range(first, last + 1):
-            k = d // L.DATA_PER_MHT
+            k = d // per_mht
             if k != k_cur:
                 mht, k_cur = self._get_mht(k), k
-            assert mht is not None
-            slot = (d % L.DATA_PER_MHT) * L.ENTRY_SIZE
-            off = (L.data_node_physical(d) - p0) * L.NODE_SIZE
+            slot = (d - k * per_mht) * L.ENTRY_SIZE
+            off = (d + 2 + k - p0) * L.NODE_SIZE
             try:
-                plain = AESGCM(bytes(mht.buf[slot:slot + 16])).decrypt(
-                    iv, raw[off:off + L.NODE_SIZE].tobytes() + mht.buf[slot + 16:slot + 32], None)
+                plain = AESGCM(bytes(mht[slot:slot + 16])).decrypt(
+                    iv, raw[off:off + L.NODE_SIZE].tobytes() + mht[slot + 16:slot + 32], None)
             except InvalidTag:
                 physical = L.data_node_physical(d)
                 raise self._error(PfErrorKind.CORRUPT_NODE, f"data node {d} (physical node "
                                   f"{physical}) does not authenticate", node=physical) from None
-            data[d] = _Node(bytearray(plain))
+            data[d] = bytearray(plain)
 
-    def _get_data(self, d: int) -> _Node:
+    def _get_data(self, d: int) -> bytearray:
         node = self._data.get(d)
         if node is None:
             self._load_data_run(d, d)
@@ -438,22 +437,22 @@ class ProtectedFile:
             data.move_to_end(i)
             base = L.data_node_offset(i)
             a, b = pos - base, min(end - base, L.NODE_SIZE)
-            parts.append(memoryview(node.buf)[a:b])
+            parts.append(memoryview(node)[a:b])
             pos = base + b
         return pos
 
-    def _mark_dirty(self, d: int, node: _Node) -> None:
-        node.dirty = True
-        self._nodes_dirty = True
+    def _mark_dirty(self, d: int) -> None:
+        """Mark data node ``d`` and every MHT node above it dirty."""
+        self._dirty_data.add(d)
+        self._root_dirty = True
+        dirty_mht = self._dirty_mht
         k = d // L.DATA_PER_MHT
-        while True:
-            mht = self._get_mht(k)
-            if mht.dirty:
-                return
-            mht.dirty = True
-            if k == 0:
-                return
+        while k and k not in dirty_mht:
+            self._get_mht(k)  # resident from now on: dirty nodes are not evicted
+            dirty_mht.add(k)
             k = (k - 1) // L.CHILDREN_PER_MHT
+        if k == 0:
+            self._get_root()
 
     def _grow_to(self, size: int) -> None:
         if size > self._size:
@@ -483,41 +482,48 @@ class ProtectedFile:
             if not self._full_overwrite(d, pos, end) and d < L.data_node_count(self._size):
                 self._get_data(d)
         data = self._data
-        mht = self._mht
+        dirty = self._dirty_data
+        mht_cache = self._mht
         node_size = L.NODE_SIZE
+        md_size = L.MD_DATA_SIZE
         per_mht = L.DATA_PER_MHT
+        cap_data, cap_mht = self._cap_data, self._cap_mht
+        zeros = _ZEROS
         while pos < end:
-            d = (pos - L.MD_DATA_SIZE) // node_size
-            base = L.MD_DATA_SIZE + d * node_size
-            a, b = pos - base, min(end - base, node_size)
+            d = (pos - md_size) // node_size
+            base = md_size + d * node_size
+            a = pos - base
+            b = end - base
+            if b > node_size:
+                b = node_size
             n = b - a
             node = data.get(d)
             if node is None:
                 if n == node_size:  # a whole node: no need to read the old one
-                    node = _Node(bytearray(view[src:src + n]) if view is not None
-                                 else bytearray(node_size))
-                elif d < L.data_node_count(self._size) and not self._full_overwrite(d, pos, end):
-                    node = self._get_data(d)
-                    node.buf[a:b] = view[src:src + n] if view is not None else _ZEROS[:n]
+                    data[d] = bytearray(view[src:src + n]) if view is not None \
+                        else bytearray(node_size)
                 else:
-                    node = _Node(bytearray(node_size))
-                    node.buf[a:b] = view[src:src + n] if view is not None else _ZEROS[:n]
-                data[d] = node
+                    if d < L.data_node_count(self._size) and \
+                            not self._full_overwrite(d, pos, end):
+                        node = self._get_data(d)
+                    else:
+                        node = data[d] = bytearray(node_size)
+                    node[a:b] = view[src:src + n] if view is not None else zeros[:n]
             else:
                 data.move_to_end(d)
-                node.buf[a:b] = view[src:src + n] if view is not None else _ZEROS[:n]
+                node[a:b] = view[src:src + n] if view is not None else zeros[:n]
             src += n
             pos = base + b
-            if not node.dirty:
-                node.dirty = True
-                self._nodes_dirty = True
-                parent = mht.get(d // per_mht) if d >= per_mht else self._root
-                if parent is None or not parent.dirty:
-                    self._mark_dirty(d, node)
+            if d not in dirty:
+                k = d // per_mht
+                if (k in self._dirty_mht) if k else self._root_dirty:
+                    dirty.add(d)
+                else:
+                    self._mark_dirty(d)
             if pos > self._size:
                 self._size = pos
                 self._meta_dirty = True
-            if len(data) > self._cap_data or len(mht) > self._cap_mht:
+            if len(data) > cap_data or len(mht_cache) > cap_mht:
                 self._evict()
 
     def _full_overwrite(self, d: int, pos: int, end: int) -> bool:
@@ -530,10 +536,11 @@ class ProtectedFile:
 
         A dirty victim forces a full write-back first, after which every node is clean.
         """
-        for cache, cap in ((self._data, self._cap_data), (self._mht, self._cap_mht)):
+        for cache, cap, dirty in ((self._data, self._cap_data, self._dirty_data),
+                                  (self._mht, self._cap_mht, self._dirty_mht)):
             if len(cache) > cap:
                 excess = len(cache) - (cap - cap // 4)
-                if any(node.dirty for node in itertools.islice(cache.values(), excess)):
+                if dirty and not dirty.isdisjoint(itertools.islice(cache, excess)):
                     self._write_back()
                 popitem = cache.popitem
                 for _ in range(excess):
@@ -548,10 +555,10 @@ class ProtectedFile:
         """
         if self._failed is not None:
             raise self._failed
-        if not (self._meta_dirty or self._nodes_dirty or cut_to is not None):
+        if not (self._meta_dirty or self._root_dirty or cut_to is not None):
             return
         try:
-            blocks = self._encrypt_dirty() if self._nodes_dirty else []
+            blocks = self._encrypt_dirty() if self._root_dirty else []
             metadata = L.seal_metadata(self._kdk, L.Fields(
                 self._path, self._size, self._root_key, self._root_mac, bytes(self._md)),
                 os.urandom(L.NONCE_SIZE))
@@ -572,12 +579,15 @@ class ProtectedFile:
             self._failed = e
             raise
         self._meta_dirty = False
-        self._nodes_dirty = False
 
     def _encrypt_dirty(self) -> list[tuple[int, bytes | memoryview]]:
-        """Re-encrypt dirty data, MHT and root nodes; return (physical, ciphertext) sorted."""
-        dirty_data = [(d, n) for d, n in self._data.items() if n.dirty]
-        dirty_mht = sorted(((k, n) for k, n in self._mht.items() if n.dirty), reverse=True)
+        """Re-encrypt dirty data, MHT and root nodes; return (physical, ciphertext) sorted.
+
+        Data nodes first, then MHT nodes from the highest number (the deepest) down, each
+        node's fresh key and tag going into its parent, then the root into the metadata.
+        """
+        dirty_data = sorted(self._dirty_data)
+        dirty_mht = sorted(self._dirty_mht, reverse=True)
         keys = os.urandom(L.KEY_SIZE * (len(dirty_data) + len(dirty_mht) + 1))
         iv = L.IV
         node_size = L.NODE_SIZE
@@ -585,35 +595,36 @@ class ProtectedFile:
         blocks: list[tuple[int, bytes | memoryview]] = []
         append = blocks.append
         root = self._get_root()
+        data = self._data
         mht_cache = self._mht
         at = 0
-        k_cur, parent_buf = -1, root.buf
-        for d, node in dirty_data:
+        k_cur, parent = -1, root
+        for d in dirty_data:
             k = d // per_mht
             if k != k_cur:
                 k_cur = k
-                parent_buf = root.buf if k == 0 else mht_cache[k].buf
+                parent = root if k == 0 else mht_cache[k]
             key = keys[at:at + 16]
             at += 16
-            out = AESGCM(key).encrypt(iv, node.buf, None)
+            out = AESGCM(key).encrypt(iv, data[d], None)
             slot = (d - k * per_mht) * 32
-            parent_buf[slot:slot + 32] = key + out[node_size:]
+            parent[slot:slot + 32] = key + out[node_size:]
             append((d + 2 + k, memoryview(out)[:node_size]))
-            node.dirty = False
-        for k, node in dirty_mht:  # deepest (highest-numbered) first: children before parents
+        for k in dirty_mht:  # children before parents
             parent_k, slot = L.mht_node_parent(k)
             parent = root if parent_k == 0 else mht_cache[parent_k]
             key = keys[at:at + 16]
             at += 16
-            out = AESGCM(key).encrypt(iv, node.buf, None)
-            parent.buf[slot:slot + 32] = key + out[node_size:]
+            out = AESGCM(key).encrypt(iv, mht_cache[k], None)
+            parent[slot:slot + 32] = key + out[node_size:]
             append((L.mht_node_physical(k), memoryview(out)[:node_size]))
-            node.dirty = False
         key = keys[at:at + 16]
-        out = AESGCM(key).encrypt(iv, root.buf, None)
+        out = AESGCM(key).encrypt(iv, root, None)
         self._root_key, self._root_mac = key, out[node_size:]
         append((1, memoryview(out)[:node_size]))
-        root.dirty = False
+        self._dirty_data.clear()
+        self._dirty_mht.clear()
+        self._root_dirty = False
         blocks.sort(key=lambda item: item[0])
         return blocks
 
