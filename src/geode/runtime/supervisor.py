@@ -201,9 +201,13 @@ def supervise(cfg: SandboxConfig, *, fs: Any = None, serve: Serve | None = None,
 
     sandbox = Sandbox(cfg)
     try:
-        sandbox.start()
+        sandbox.start()  # on any failure it has killed and reaped its helpers
     except KeyboardInterrupt:
+        sandbox.close()
         return 128 + signal.SIGINT
+    except BaseException:
+        sandbox.close()
+        raise
     result: dict[str, int] = {}
 
     async def main() -> None:
