@@ -9,6 +9,7 @@ from typing import BinaryIO
 from geode.formats.pf.errors import PfIOError
 
 HostFile = BinaryIO | int
+_IOV_MAX = 1024
 
 
 class Host:
@@ -75,9 +76,21 @@ class Host:
             first = items[i][0]
             if j - i == 1:
                 self.write(first * size, items[i][1])
+            elif self._fd is not None and j - i <= _IOV_MAX:
+                self._writev(first * size, [block for _, block in items[i:j]])
             else:
                 self.write(first * size, b"".join(block for _, block in items[i:j]))
             i = j
+
+    def _writev(self, offset: int, blocks: list[bytes | memoryview]) -> None:
+        assert self._fd is not None
+        total = sum(len(b) for b in blocks)
+        try:
+            n = os.pwritev(self._fd, blocks, offset)
+        except OSError as e:
+            raise self._fail("write", e) from None
+        if n < total:  # a short vectored write: finish the rest plainly
+            self.write(offset + n, b"".join(blocks)[n:])
 
     def truncate(self, size: int) -> None:
         try:
