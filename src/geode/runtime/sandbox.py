@@ -52,7 +52,7 @@ mount)::
 
     1. "/" made recursively private
     2. a private staging tmpfs over /tmp (only in this namespace), holding:
-       root/      the FUSE view (or, for tests, a tmpfs assembled from read-only binds)
+       root/      the FUSE view
        pristine/  a non-recursive clone of root/, used to re-expose view paths that a later
                   kernel tmpfs would otherwise hide
     3. the manifest's tmpfs mounts, in manifest order (and view binds for chroot mounts that
@@ -97,7 +97,6 @@ from geode.runtime import seccomp
 from geode.runtime.process import ProcessSpec
 
 __all__ = [
-    "BindRoot",
     "DEFAULT_SUBID_BASE",
     "DEV_NODES",
     "FuseRoot",
@@ -314,19 +313,10 @@ class FuseRoot:
 
 
 @dataclass(frozen=True)
-class BindRoot:
-    """A root assembled from read-only bind mounts of host paths onto a tmpfs: ``(host, view)``
-    pairs. For testing the process machinery independently of the FUSE view; it applies no
-    file policy."""
-
-    binds: tuple[tuple[str, str], ...]
-
-
-@dataclass(frozen=True)
 class SandboxConfig:
     spec: ProcessSpec
     ids: IdMapping
-    root: FuseRoot | BindRoot = field(default_factory=FuseRoot)
+    root: FuseRoot = field(default_factory=FuseRoot)
     mounts: tuple[KernelMount, ...] = ()
     #: clamped limits actually applied (see :func:`effective_limits`)
     rlimits: tuple[tuple[int, int], ...] = ()
@@ -556,16 +546,14 @@ def _outer_main(cfg: SandboxConfig, ctl: socket.socket, supervisor: int) -> None
         _send(ctl, b"userns")
         if ctl.recv(64) != b"mapped":
             os._exit(125)
-        fuse_fd = -1
-        if isinstance(cfg.root, FuseRoot):
-            # Must be opened inside the new user namespace (the kernel requires the mounter
-            # and the opener of /dev/fuse to share it), and before switching ids (as root,
-            # /dev/fuse is typically 0600).
-            try:
-                fuse_fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
-            except OSError as e:
-                raise _SetupFailure(f"FUSE is not available: cannot open /dev/fuse: "
-                                    f"{e.strerror}") from None
+        # Must be opened inside the new user namespace (the kernel requires the mounter and
+        # the opener of /dev/fuse to share it), and before switching ids (as root, /dev/fuse
+        # is typically 0600).
+        try:
+            fuse_fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+        except OSError as e:
+            raise _SetupFailure(f"FUSE is not available: cannot open /dev/fuse: "
+                                f"{e.strerror}") from None
         if cfg.ids.setgroups == "allow":
             os.setgroups([])
         os.setresgid(cfg.ids.helper_gid, cfg.ids.helper_gid, cfg.ids.helper_gid)
@@ -582,8 +570,7 @@ def _outer_main(cfg: SandboxConfig, ctl: socket.socket, supervisor: int) -> None
         pidfd = os.pidfd_open(pid)
         _send(ctl, b"init %d" % pid, [pidfd])
         os.close(pidfd)
-        if fuse_fd >= 0:
-            os.close(fuse_fd)
+        os.close(fuse_fd)
         ctl.close()
         _, status = os.waitpid(pid, 0)
         code = _exit_code(status)
@@ -701,14 +688,6 @@ def _build_root(cfg: SandboxConfig, ctl: socket.socket, fuse_fd: int) -> None:
             dev_fds[name] = os.open(f"/dev/{name}", os.O_PATH | os.O_CLOEXEC)
         except OSError as e:
             raise _SetupFailure(f"cannot open host device /dev/{name}: {e.strerror}") from None
-    bind_fds: list[tuple[int, str, bool]] = []
-    if isinstance(cfg.root, BindRoot):
-        for host, view in cfg.root.binds:
-            try:
-                fd = os.open(host, os.O_PATH | os.O_CLOEXEC)
-            except OSError as e:
-                raise _SetupFailure(f"cannot open {host}: {e.strerror}") from None
-            bind_fds.append((fd, view, stat.S_ISDIR(os.fstat(fd).st_mode)))
 
     try:
         _mount(None, "/", None, MS_REC | MS_PRIVATE)
@@ -719,40 +698,17 @@ def _build_root(cfg: SandboxConfig, ctl: socket.socket, fuse_fd: int) -> None:
     root = f"{stage}/root"
     os.mkdir(root, 0o755)
 
-    if isinstance(cfg.root, FuseRoot):
-        opts = (f"fd={fuse_fd},rootmode=40000,user_id={os.getuid()},group_id={os.getgid()}"
-                + (f",{cfg.root.options}" if cfg.root.options else ""))
-        try:
-            _mount(cfg.root.source, root, cfg.root.fstype, cfg.root.flags, opts)
-        except OSError as e:
-            raise _SetupFailure(f"cannot mount the FUSE view: {e.strerror}") from None
-        _send(ctl, b"fuse", [fuse_fd])
-        os.close(fuse_fd)
-        # Served from now on: tell S the connection's device number (for tuning it).
-        _send(ctl, b"dev %d" % os.stat(root).st_dev)
-    else:
-        _mount("geode-root", root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
+    opts = (f"fd={fuse_fd},rootmode=40000,user_id={os.getuid()},group_id={os.getgid()}"
+            + (f",{cfg.root.options}" if cfg.root.options else ""))
+    try:
+        _mount(cfg.root.source, root, cfg.root.fstype, cfg.root.flags, opts)
+    except OSError as e:
+        raise _SetupFailure(f"cannot mount the FUSE view: {e.strerror}") from None
+    _send(ctl, b"fuse", [fuse_fd])
+    os.close(fuse_fd)
+    # Served from now on: tell S the connection's device number (for tuning it).
+    _send(ctl, b"dev %d" % os.stat(root).st_dev)
     root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-
-    if isinstance(cfg.root, BindRoot):
-        for fd, view, is_dir in bind_fds:
-            _mount_at(root_fd, view, directory=is_dir, what=f"bind of {view}",
-                      source=_fd_path(fd), fstype=None, flags=MS_BIND | MS_REC)
-            target = _resolve(root_fd, view)
-            try:
-                _mount(None, _fd_path(target), None,
-                       MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
-            except OSError:
-                # a locked host mount keeps its flags; the bind stays as the host has it
-                pass
-            finally:
-                os.close(target)
-            os.close(fd)
-        # The placeholders the FUSE view would present.
-        for d in ("/proc", "/sys", "/dev", "/dev/pts", "/dev/shm"):
-            os.close(_ensure(root_fd, d, directory=True, what="root skeleton"))
-        for name in (*DEV_NODES, "ptmx"):
-            os.close(_ensure(root_fd, f"/dev/{name}", directory=False, what="root skeleton"))
 
     pristine_fd = -1
     if any(m.kind == "view" for m in cfg.mounts):
@@ -798,9 +754,6 @@ def _build_root(cfg: SandboxConfig, ctl: socket.socket, fuse_fd: int) -> None:
         os.close(ptmx)
     _mount_at(root_fd, "/dev/shm", directory=True, what="/dev/shm", source="tmpfs",
               fstype="tmpfs", flags=MS_NOSUID | MS_NODEV, data="mode=1777")
-    if isinstance(cfg.root, BindRoot):
-        with contextlib.suppress(OSError):
-            _mount(None, root, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
     if pristine_fd >= 0:
         os.close(pristine_fd)
     os.close(root_fd)
@@ -878,9 +831,9 @@ def _write_proc(path: str, data: str) -> None:
 class Sandbox:
     """The supervisor's side: starts the helpers, answers the handshake, signals, reaps.
 
-    :meth:`start` blocks until PID 1 exists (and, with a FUSE root, until the view is mounted
-    and its descriptor is in :attr:`fuse_fd`; the caller must then serve it, since PID 1
-    keeps building the root through it). After that the control socket (:attr:`ctl`) is
+    :meth:`start` blocks until PID 1 exists and the view is mounted, its descriptor in
+    :attr:`fuse_fd`; the caller must then serve it at once, since PID 1 keeps building the
+    root through it. After that the control socket (:attr:`ctl`) is
     non-blocking; read it with :meth:`read_messages`.
     """
 
@@ -926,9 +879,8 @@ class Sandbox:
         return msg, fds
 
     def _handshake(self) -> None:
-        need_fuse = isinstance(self.cfg.root, FuseRoot)
         mapped = False
-        while self.init_pidfd is None or (need_fuse and self.fuse_fd is None):
+        while self.init_pidfd is None or self.fuse_fd is None:
             msg, fds = self._recv()
             if not msg:
                 self.eof = True

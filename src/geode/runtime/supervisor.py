@@ -50,7 +50,6 @@ from geode.runtime.sandbox import (
     MS_NOEXEC,
     MS_NOSUID,
     MS_RDONLY,
-    BindRoot,
     FuseRoot,
     IdMapping,
     KernelMount,
@@ -165,7 +164,7 @@ def kernel_mounts(plan: Any) -> tuple[KernelMount, ...]:
     return tuple(out)
 
 
-def sandbox_config(spec: ProcessSpec, *, root: FuseRoot | BindRoot,
+def sandbox_config(spec: ProcessSpec, *, root: FuseRoot,
                    mounts: tuple[KernelMount, ...] = ()) -> SandboxConfig:
     """Sandbox configuration for ``spec`` (id maps, clamped limits); logs limit clamps."""
     ids: IdMapping = id_mapping(spec.uid, spec.gid)
@@ -180,20 +179,17 @@ def sandbox_config(spec: ProcessSpec, *, root: FuseRoot | BindRoot,
 # --------------------------------------------------------------------------------------------
 
 
-def supervise(cfg: SandboxConfig, *, fs: Any = None, serve: Serve | None = None,
+def supervise(cfg: SandboxConfig, *, fs: Any, serve: Serve,
               on_mounted: Callable[[int], object] | None = None) -> int:
     """Start the sandbox described by ``cfg`` and supervise it until it exits.
 
-    With a :class:`FuseRoot`, ``serve(fs, mountpoint)`` serves the view (it is given
-    ``/dev/fd/N``) and ``on_mounted(st_dev)`` is called once the view's device number is known.
+    ``serve(fs, mountpoint)`` serves the view (it is given ``/dev/fd/N``) and
+    ``on_mounted(st_dev)`` is called once the view's device number is known.
     Returns the program's exit status; raises :class:`GeodeError` if the sandbox could not be
     built or the program could not be executed.
     """
     import trio  # type: ignore[import-untyped,unused-ignore]  # only needed when running
 
-    fuse = isinstance(cfg.root, FuseRoot)
-    if fuse and (fs is None or serve is None):
-        raise ValueError("a FUSE root needs fs and serve")
     spec = cfg.spec
     log.debug("sandbox: %s argv=%r uid=%d gid=%d start_dir=%s mounts=%s", spec.path,
               list(spec.argv), spec.uid, spec.gid, spec.start_dir,
@@ -243,7 +239,7 @@ def supervise(cfg: SandboxConfig, *, fs: Any = None, serve: Serve | None = None,
                     sandbox.kill()
 
         async def serve_view() -> None:
-            assert serve is not None and sandbox.fuse_fd is not None
+            assert sandbox.fuse_fd is not None
             try:
                 await serve(fs, f"/dev/fd/{sandbox.fuse_fd}")
             except BaseException:
@@ -253,8 +249,7 @@ def supervise(cfg: SandboxConfig, *, fs: Any = None, serve: Serve | None = None,
         async with trio.open_nursery() as nursery:
             await nursery.start(watch_signals)
             nursery.start_soon(watch_ctl)
-            if fuse:
-                nursery.start_soon(serve_view)
+            nursery.start_soon(serve_view)
             await trio.lowlevel.wait_readable(sandbox.pidfd)
             result["status"] = sandbox.wait()
             nursery.cancel_scope.cancel()
