@@ -49,7 +49,10 @@ def load_for_run(manifest_arg: Path | None, app: str | None) -> tuple[dict[str, 
         assert app is not None
         base = _app_base(app)
         signed, sig, plain = Path(base + ".manifest.sgx"), Path(base + ".sig"), Path(base + ".manifest")
-        if signed.exists() and sig.exists():
+        if signed.exists():
+            # A signed manifest is never silently replaced by the unsigned one.
+            if not sig.exists():
+                raise GeodeError(f"{signed} exists but its signature {sig} is missing")
             manifest, _ = check_signed_manifest(signed, sig)
             path = signed
         elif plain.exists():
