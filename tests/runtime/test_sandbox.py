@@ -738,3 +738,41 @@ def test_no_user_namespaces_is_one_clear_line(app_dir: Path) -> None:
     assert isinstance(res.get("error"), str), res
     assert res["type"] in ("GeodeError", "SandboxError")  # SandboxError is a GeodeError
     assert "user namespaces" in res["error"] and "\n" not in res["error"]
+
+
+# -------------------------------------------------------------------------------- mount plan
+
+
+def test_kernel_mounts_and_fuse_options() -> None:
+    from geode.runtime.plan import ViewPlan
+    from geode.runtime.supervisor import fuse_root, kernel_mounts
+
+    m = {"fs": {"mounts": [
+        {"type": "tmpfs", "path": "/data"},
+        {"path": "/data/in", "uri": "file:/usr/share"},
+        {"path": "/usr", "uri": "file:/usr"},
+        {"type": "tmpfs", "path": "/scratch"},
+        {"path": "/scratch", "uri": "file:/etc"},  # hides the tmpfs above
+    ]}}
+    plan = ViewPlan.from_manifest(m, base_dir=Path("/"))
+    assert [(k.kind, k.path) for k in kernel_mounts(plan)] == [("tmpfs", "/data"),
+                                                              ("view", "/data/in")]
+    dev = ViewPlan.from_manifest({"fs": {"mounts": [{"type": "tmpfs", "path": "/dev"}]}},
+                                 base_dir=Path("/"))
+    assert [(k.kind, k.path) for k in kernel_mounts(dev)] == [("tmpfs", "/dev"),
+                                                             ("view", "/dev/attestation")]
+    root = fuse_root(["fsname=geode", "subtype=geode", "allow_other", "nodev", "nosuid",
+                      "auto_unmount"])
+    assert (root.source, root.fstype, root.options) == ("geode", "fuse.geode", "allow_other")
+    assert root.flags & sandbox.MS_NODEV and root.flags & sandbox.MS_NOSUID
+
+
+def test_view_mount_inside_a_tmpfs(app_dir: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    inner = app_dir / "inner"
+    inner.mkdir()
+    (inner / "file").write_text("from the view")
+    m = sh("cat /data/in/file; echo; echo x > /data/new && ls /data | tr '\\n' ' '")
+    m["fs"]["mounts"] += [{"type": "tmpfs", "path": "/data"},
+                          {"path": "/data/in", "uri": "file:inner"}]
+    assert go(m, app_dir) == 0
+    assert capfd.readouterr().out.split("\n")[:2] == ["from the view", "in new "]
