@@ -128,7 +128,7 @@ class ProtectedFile:
         if host_size % L.NODE_SIZE:
             raise self._error(PfErrorKind.NOT_PROTECTED, f"not a protected file (size "
                               f"{host_size} is not a multiple of {L.NODE_SIZE})")
-        node0 = self._host.read(0, L.NODE_SIZE)
+        node0 = self._read_physical(0, 1)
         header = L.unpack_header(node0)
         if header.file_id != L.FILE_ID:
             raise self._error(PfErrorKind.NOT_PROTECTED, "not a protected file (bad magic)")
