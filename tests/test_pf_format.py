@@ -28,6 +28,7 @@ from geode.errors import FormatError, GeodeError
 from geode.formats.pf import (
     PfError,
     PfErrorKind,
+    PfIOError,
     ProtectedFile,
     decrypt_bytes,
     encrypt_bytes,
@@ -561,6 +562,42 @@ def test_mutated_vectors_fail_or_decrypt_exactly(name: str, edits: list[tuple[in
     except PfError:
         return
     assert plain == pattern(v["plaintext_size"])  # only unauthenticated padding may change
+
+
+SAMPLE_PLAIN = os.urandom(3072 + 100 * N + 123)
+SAMPLE = encrypt_bytes(SAMPLE_PLAIN, key=KEY, path="/s")
+
+
+@settings(max_examples=150, deadline=None)
+@given(edits=st.lists(st.tuples(st.integers(0, len(SAMPLE) - 1), st.integers(1, 255)),
+                      min_size=1, max_size=3),
+       swap=st.one_of(st.none(), st.tuples(st.integers(0, 104), st.integers(0, 104))))
+def test_mutated_geode_files_fail_or_decrypt_exactly(edits: list[tuple[int, int]],
+                                                     swap: tuple[int, int] | None) -> None:
+    """Every node kind (metadata, root MHT, child MHT at 98, data) mutated or swapped."""
+    blob = bytearray(SAMPLE)
+    for at, mask in edits:
+        blob[at] ^= mask
+    if swap is not None:
+        a, b = swap
+        blob[a * N:(a + 1) * N], blob[b * N:(b + 1) * N] = (SAMPLE[b * N:(b + 1) * N],
+                                                            SAMPLE[a * N:(a + 1) * N])
+    got = try_decrypt(bytes(blob))
+    assert isinstance(got, PfError) or got == SAMPLE_PLAIN
+
+
+class FailingReads(io.BytesIO):
+    def read(self, size: int | None = -1) -> bytes:
+        raise OSError(5, "Input/output error")
+
+
+def test_host_io_errors_are_reported_as_pf_io_errors() -> None:
+    with pytest.raises(PfIOError) as err:
+        ProtectedFile.open(FailingReads(SAMPLE), key=KEY, path="/s", create=False,
+                           name="host.pf")
+    assert err.value.errno == 5
+    assert str(err.value) == "host.pf: read failed: Input/output error"
+    assert isinstance(err.value, GeodeError)
 
 
 # --- model checking against a bytearray ----------------------------------------------------------
