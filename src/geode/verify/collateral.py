@@ -416,11 +416,17 @@ class Collateral:
         return kind
 
     def _classify(self, data: bytes, source: str) -> str | None:
+        from geode.verify.quote import looks_like_quote
+
         stripped = data.lstrip()
+        if looks_like_quote(data):
+            self.ignored.append((source, "a DCAP quote (evidence, not collateral)"))
+            return None
         try:
             if stripped.startswith(b"{"):
                 return self._json(data, source)
-            if b"%2D%2D%2D%2D%2DBEGIN" in data[:4096]:
+            head = data[:4096]
+            if b"%2D%2D%2D%2D%2DBEGIN" in head or b"-----BEGIN%20" in head:
                 data = urllib.parse.unquote_to_bytes(data.strip())
             if pki.PEM_CERT_BEGIN in data or b"-----BEGIN X509 CRL-----" in data:
                 return self._pem(data, source)

@@ -208,71 +208,93 @@ class Chain:
         return " -> ".join(describe(c) for c in self.path)
 
 
+def _check_path(full: list[x509.Certificate], at: datetime) -> str | None:
+    """CA constraints of the issuers and validity of every certificate of a full path."""
+    for depth, ca_cert in enumerate(full[1:]):
+        is_ca, path_len = _ca_info(ca_cert)
+        if not is_ca:
+            return f"{describe(ca_cert)} issues certificates but is not a CA (basicConstraints)"
+        if path_len is not None and depth > path_len:
+            return (f"{describe(ca_cert)} allows {path_len} intermediate CAs below it, the "
+                    f"chain has {depth}")
+    for c in full:
+        err = validity_error(c, at)
+        if err:
+            return err
+    return None
+
+
 def build_chain(leaf: x509.Certificate, pool: Iterable[x509.Certificate],
                 anchors: Sequence[Anchor], at: datetime, *, max_depth: int = 4) -> Chain:
     """Link ``leaf`` to an anchor through CA certificates of ``pool``; check validity at ``at``.
 
+    Every candidate path is tried (depth first) until one reaches an anchor with all
+    certificates valid at ``at``; otherwise the error of the first attempt is reported.
     Self-signed certificates in the pool are never trusted; a chain that reaches one that is
     not an anchor is reported as ending at an untrusted root.
     """
+    pool = list(pool)
     candidates = [c for c in pool if c.issuer != c.subject]
     untrusted_roots = [c for c in pool if c.issuer == c.subject]
-    path = [leaf]
-    cur = leaf
-    anchor: Anchor | None = None
-    for _ in range(max_depth + 1):
+    errors: list[Chain] = []
+
+    def dead_end(path: list[x509.Certificate], reasons: list[str]) -> Chain:
+        cur = path[-1]
+        names = " -> ".join(describe(c) for c in path)
+        if reasons:
+            return Chain(path, None, reasons[0])
+        for r in untrusted_roots:
+            if cur.issuer == r.subject and issued_by(cur, r) is None:
+                trusted = ", ".join(f"{a.label} (sha256 {a.sha256[:16]}...)" for a in anchors)
+                return Chain(path + [r], None,
+                             f"chain {names} ends at {describe(r)} (sha256 "
+                             f"{cert_sha256(r)[:16]}...), which is not a trusted root; "
+                             f"trusted: {trusted or 'none'}")
+        if any(cur.issuer == a.cert.subject for a in anchors):
+            return Chain(path, None, f"the signature of {describe(cur)} does not verify under "
+                         f"the trusted root {common_name(cur.issuer)!r}")
+        return Chain(path, None, f"chain {names}: no certificate for issuer "
+                     f"{common_name(cur.issuer)!r} and no trusted root issued it")
+
+    def extend(path: list[x509.Certificate]) -> Chain | None:
+        cur = path[-1]
         for a in anchors:
             if cur.issuer == a.cert.subject and issued_by(cur, a.cert) is None:
-                anchor = a
-                break
-        if anchor is not None:
-            break
-        nxt = None
+                full = path + [a.cert]
+                simulated = a.simulated or any(is_simulation_cert(c) for c in full)
+                err = _check_path(full, at)
+                chain = Chain(full, a, err, simulated)
+                if err is None:
+                    return chain
+                errors.append(chain)
+        if len(path) > max_depth:
+            errors.append(Chain(path, None, f"chain longer than {max_depth} certificates"))
+            return None
         reasons: list[str] = []
+        found = False
         for c in candidates:
             if c.subject != cur.issuer or c in path:
                 continue
             why = issued_by(cur, c)
-            if why is None:
-                nxt = c
-                break
-            reasons.append(why)
-        if nxt is None:
-            names = " -> ".join(describe(c) for c in path)
-            if reasons:
-                return Chain(path, None, reasons[0])
-            for r in untrusted_roots:
-                if cur.issuer == r.subject and issued_by(cur, r) is None:
-                    trusted = ", ".join(f"{a.label} (sha256 {a.sha256[:16]}...)" for a in anchors)
-                    return Chain(path + [r], None,
-                                 f"chain {names} ends at {describe(r)} (sha256 "
-                                 f"{cert_sha256(r)[:16]}...), which is not a trusted root; "
-                                 f"trusted: {trusted or 'none'}")
-            if anchors and any(cur.issuer == a.cert.subject for a in anchors):
-                return Chain(path, None, f"the signature of {describe(cur)} does not verify "
-                             f"under the trusted root {common_name(cur.issuer)!r}")
-            return Chain(path, None, f"chain {names}: no certificate for issuer "
-                         f"{common_name(cur.issuer)!r} and no trusted root issued it")
-        path.append(nxt)
-        cur = nxt
-    if anchor is None:
-        return Chain(path, None, f"chain longer than {max_depth} certificates")
-    full = path + [anchor.cert]
-    simulated = anchor.simulated or any(is_simulation_cert(c) for c in full)
-    # CA constraints of the intermediates and the anchor
-    for depth, ca_cert in enumerate(full[1:]):
-        is_ca, path_len = _ca_info(ca_cert)
-        if not is_ca:
-            return Chain(full, anchor, f"{describe(ca_cert)} issues certificates but is not a "
-                         "CA (basicConstraints)", simulated)
-        if path_len is not None and depth > path_len:
-            return Chain(full, anchor, f"{describe(ca_cert)} allows {path_len} intermediate "
-                         f"CAs below it, the chain has {depth}", simulated)
-    for c in full:
-        err = validity_error(c, at)
-        if err:
-            return Chain(full, anchor, err, simulated)
-    return Chain(full, anchor, None, simulated)
+            if why is not None:
+                reasons.append(why)
+                continue
+            found = True
+            done = extend(path + [c])
+            if done is not None:
+                return done
+        if not found:
+            errors.append(dead_end(path, reasons))
+        return None
+
+    result = extend([leaf])
+    if result is not None:
+        return result
+    # prefer an error found on a path that reached an anchor (validity, CA constraints)
+    for e in errors:
+        if e.anchor is not None:
+            return e
+    return errors[0] if errors else Chain([leaf], None, "no chain")
 
 
 # --- CRLs --------------------------------------------------------------------------------------

@@ -163,6 +163,10 @@ class Verifier:
                 errors.append(f"{pki.describe(cert)} signed the {what} but is not a TCB "
                               "signing certificate")
                 continue
+            if chain.ok and chain.simulated and not self.allow_simulated:
+                errors.append(f"{chain.names()} ends at a Geode simulation root CA; simulated "
+                              "collateral is refused unless simulation is allowed")
+                continue
             if chain.ok:
                 return _SignedCollateral(PASSED, f"signed by {chain.names()}", chain)
             errors.append(chain.error or "no chain")
@@ -298,6 +302,8 @@ class Verifier:
         else:
             info = pick_current(infos, when)
             assert info is not None
+            r.add("tcb_info_validity", *_window("TCB info", info.issue_date, info.next_update,
+                                                when))
             signed = self._verify_signed("TCB info", info.signed_body, info.signature,
                                          chain_certs, when)
             if signed.status != PASSED:
@@ -316,8 +322,6 @@ class Verifier:
                 r.add("tcb_info", PASSED, f"{tee} TCB info v{info.version} for FMSPC "
                       f"{info.fmspc.hex()} (evaluation data number "
                       f"{info.tcb_evaluation_data_number}), {signed.reason}")
-                r.add("tcb_info_validity", *_window("TCB info", info.issue_date,
-                                                    info.next_update, when))
 
         # QE identity
         eid = "TD_QE" if is_tdx else "QE"
@@ -329,6 +333,8 @@ class Verifier:
         else:
             ident = pick_current(idents, when)
             assert ident is not None
+            r.add("qe_identity_validity", *_window("QE identity", ident.issue_date,
+                                                   ident.next_update, when))
             signed = self._verify_signed("QE identity", ident.signed_body, ident.signature,
                                          chain_certs, when)
             if signed.status != PASSED:
@@ -346,8 +352,6 @@ class Verifier:
                     qe_eval = None
                 else:
                     r.add("qe_identity", PASSED, f"{qe_eval.reason}; {signed.reason}")
-                r.add("qe_identity_validity", *_window("QE identity", ident.issue_date,
-                                                       ident.next_update, when))
 
         # CRLs
         crls = self.collateral.crls
