@@ -42,4 +42,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/pip install -q -e '.[runtime,test]'
     touch "$stamp"
 fi
+# Byte-compile once: start-up time matters and PYTHONDONTWRITEBYTECODE may be set.
+if [ ! -f .venv/.geode-compiled ] || [ -n "$(find src -name "*.py" -newer .venv/.geode-compiled -print -quit)" ]; then
+    .venv/bin/python -m compileall -q src >/dev/null
+    touch .venv/.geode-compiled
+fi
 echo "setup: ready (activate with: . .venv/bin/activate)" >&2
