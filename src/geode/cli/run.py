@@ -107,6 +107,8 @@ def _add_run(parser: argparse.ArgumentParser) -> None:
                         "APP.manifest)")
     parser.add_argument("--tee", choices=TEE_CHOICES,
                         help="TEE backend (default: geode.tee from the manifest, else none)")
+    parser.add_argument("--stats-file", type=Path,
+                        help="write the view's FUSE request counts (JSON) here at exit")
     parser.add_argument("app", help="application name (APP.manifest in the current directory)")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the program")
 
@@ -120,7 +122,8 @@ def _run(args: argparse.Namespace) -> int:
     insecure = insecure_settings(manifest)
     if insecure and manifest.get("loader", {}).get("log_level", "error") != "none":
         print(banner_text(insecure), file=sys.stderr)
-    return run(manifest, manifest_path=path, host_args=list(args.args), tee=tee)
+    return run(manifest, manifest_path=path, host_args=list(args.args), tee=tee,
+               stats_file=args.stats_file)
 
 
 RUN = Command("run", "run a program inside its manifest's shield (gramine-direct)", _add_run,
@@ -136,6 +139,7 @@ def _add_direct(parser: argparse.ArgumentParser) -> None:
 def _run_direct(args: argparse.Namespace) -> int:
     args.manifest = None
     args.tee = None
+    args.stats_file = None
     return _run(args)
 
 

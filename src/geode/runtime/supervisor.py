@@ -342,13 +342,14 @@ def _view_for(manifest: Mapping[str, Any], base_dir: Path,
 
 
 def run(manifest: dict[str, Any], *, manifest_path: Path, host_args: list[str],
-        tee: str = "none") -> int:
+        tee: str = "none", stats_file: Path | None = None) -> int:
     """Run ``libos.entrypoint`` of the (already verified) rendered ``manifest`` in the shield.
 
     ``manifest_path`` locates the manifest; relative ``file:`` URIs resolve against its
     directory. ``host_args`` are the command-line arguments after the application name (used
     only under ``loader.insecure__use_cmdline_argv``). Returns the program's exit status
     (128+N when it died of signal N, or when the supervisor was stopped by signal N).
+    ``stats_file`` receives the view's FUSE request counts as JSON when the program ends.
     """
     configure_logging(manifest)
     base_dir = Path(os.path.abspath(manifest_path)).parent
@@ -370,6 +371,21 @@ def run(manifest: dict[str, Any], *, manifest_path: Path, host_args: list[str],
             raise GeodeError(f"cannot start the sandbox: {e}") from None
         raise
     finally:
+        if stats_file is not None:
+            _write_stats(fs, stats_file)
         with contextlib.suppress(Exception):
             for h in log.handlers:
                 h.flush()
+
+
+def _write_stats(fs: Any, path: Path) -> None:
+    import json
+
+    stats: dict[str, float] = dict(fs.stats)
+    stats["total"] = sum(fs.stats.values())
+    stats["verified_bytes"] = fs.verified_bytes
+    stats["busy_ms"] = round(fs.busy_ns / 1e6, 3)
+    try:
+        path.write_text(json.dumps(stats, sort_keys=True) + "\n")
+    except OSError as e:
+        log.error("cannot write %s: %s", path, e.strerror)
