@@ -478,9 +478,10 @@ class Collateral:
                 raise FormatError(f"{source}: CRL at offset {start} has no END line")
             end += len(b"-----END X509 CRL-----")
             try:
-                self.crls.append(x509.load_pem_x509_crl(data[start:end] + b"\n"))
+                crl = x509.load_pem_x509_crl(data[start:end] + b"\n")
             except ValueError:
                 raise FormatError(f"{source}: CRL at offset {start} does not parse") from None
+            self.crls.append(pki.checked_crl(crl, source))
             n += 1
             pos = end
         if n:
@@ -499,8 +500,8 @@ class Collateral:
             self.add_certificate(cert)
             return f"certificate {pki.describe(cert)} (DER)"
         try:
-            crl = x509.load_der_x509_crl(data)
-        except ValueError:
+            crl = pki.checked_crl(x509.load_der_x509_crl(data), source)
+        except (ValueError, FormatError):
             self.ignored.append((source, "DER that is neither a certificate nor a CRL"))
             return None
         self.crls.append(crl)

@@ -37,11 +37,44 @@ SIMULATION_OU = "Geode simulated TEE - NOT SECURE"
 
 # --- loading -----------------------------------------------------------------------------------
 
+def _checked(cert: x509.Certificate, what: str) -> x509.Certificate:
+    """Touch every lazily parsed part now, so later use cannot fail on a malformed field."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cert.subject.rfc4514_string()
+            cert.issuer.rfc4514_string()
+            _ = cert.serial_number, cert.not_valid_before_utc, cert.not_valid_after_utc
+            _ = cert.signature_hash_algorithm, cert.signature_algorithm_parameters
+            cert.public_key()
+            for _ext in cert.extensions:
+                pass
+    except Exception as e:  # cryptography's lazy parsing of untrusted DER raises many types
+        raise FormatError(f"{what}: malformed certificate ({_first_line(e)})") from None
+    return cert
+
+
+def checked_crl(crl: x509.CertificateRevocationList,
+                what: str) -> x509.CertificateRevocationList:
+    """Parse every lazily decoded field of a CRL now (see :func:`_checked`)."""
+    try:
+        crl.issuer.rfc4514_string()
+        _ = crl.last_update_utc, crl.next_update_utc, crl.signature_hash_algorithm
+        for entry in crl:
+            _ = entry.serial_number, entry.revocation_date_utc
+        for _ext in crl.extensions:
+            pass
+    except Exception as e:  # as above
+        raise FormatError(f"{what}: malformed CRL ({_first_line(e)})") from None
+    return crl
+
+
 def _quiet_der_cert(data: bytes) -> x509.Certificate:
     # AMD VCEKs have serial number 0, which cryptography flags with a deprecation warning.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return x509.load_der_x509_certificate(data)
+        cert = x509.load_der_x509_certificate(data)
+    return _checked(cert, "certificate")
 
 
 def load_pem_certificates(data: bytes, what: str = "PEM") -> list[x509.Certificate]:
@@ -59,10 +92,11 @@ def load_pem_certificates(data: bytes, what: str = "PEM") -> list[x509.Certifica
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                out.append(x509.load_pem_x509_certificate(data[start:end] + b"\n"))
-        except (ValueError, TypeError) as e:
+                cert = x509.load_pem_x509_certificate(data[start:end] + b"\n")
+        except Exception as e:  # see _checked
             raise FormatError(f"{what}: certificate at offset {start} does not parse "
                               f"({_first_line(e)})") from None
+        out.append(_checked(cert, f"{what}: certificate at offset {start}"))
         pos = end
     return out
 

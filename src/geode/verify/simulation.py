@@ -209,7 +209,8 @@ class QuotingAuthority:
 
     # --- collateral ----------------------------------------------------------------------------
 
-    def _signed_json(self, member: str, body: dict[str, object]) -> bytes:
+    def sign_json(self, member: str, body: dict[str, object]) -> bytes:
+        """``{"<member>":<body>,"signature":"<hex r||s>"}`` signed by the TCB signing key."""
         raw = json.dumps(body, separators=(",", ":")).encode()
         sig = _rs(self.tcb_key, raw).hex()
         return b'{"' + member.encode() + b'":' + raw + b',"signature":"' + sig.encode() + b'"}'
@@ -238,7 +239,7 @@ class QuotingAuthority:
             body["tdxModuleIdentities"] = [dict(module, id="TDX_01", tcbLevels=[
                 {"tcb": {"isvsvn": 0}, "tcbDate": _iso(issue), "tcbStatus": "UpToDate"}])]
         body["tcbLevels"] = [level, *extra_levels]
-        return self._signed_json("tcbInfo", body)
+        return self.sign_json("tcbInfo", body)
 
     def qe_identity(self, *, tdx: bool = False, issue_date: datetime | None = None,
                     next_update: datetime | None = None) -> bytes:
@@ -254,7 +255,7 @@ class QuotingAuthority:
             "tcbLevels": [{"tcb": {"isvsvn": self.qe_svn}, "tcbDate": _iso(issue),
                            "tcbStatus": "UpToDate"}],
         }
-        return self._signed_json("enclaveIdentity", body)
+        return self.sign_json("enclaveIdentity", body)
 
     def _crl(self, issuer: x509.Certificate, key: ec.EllipticCurvePrivateKey,
              revoked: Iterable[x509.Certificate], this_update: datetime | None,

@@ -438,8 +438,8 @@ class Verifier:
             c for c in self.collateral.certificates
             if isinstance(c.public_key(), ec.EllipticCurvePublicKey)
             and c.issuer != c.subject]
-        signer: x509.Certificate | None = None
         der_sig = encode_dss_signature(report.signature_r, report.signature_s)
+        signers: list[x509.Certificate] = []
         for c in candidates:
             key = c.public_key()
             assert isinstance(key, ec.EllipticCurvePublicKey)
@@ -449,11 +449,10 @@ class Verifier:
                 key.verify(der_sig, report.signed_data, ec.ECDSA(hashes.SHA384()))
             except InvalidSignature:
                 continue
-            signer = c
-            break
+            signers.append(c)
         key_certs = [c for c in candidates if pki.common_name(c.subject) in ("SEV-VCEK",
                                                                              "SEV-VLEK")]
-        if signer is None:
+        if not signers:
             if key_certs:
                 r.add("report_signature", FAILED, f"the report signature does not verify under "
                       f"any of the {len(key_certs)} VCEK/VLEK certificate(s) in the collateral")
@@ -461,20 +460,29 @@ class Verifier:
                 r.add("report_signature", NOT_DONE, f"no {want_cn[4:]} certificate in the "
                       f"collateral{self._kds_hint(report)}")
             return r
-        info = pki.amd_key_info(signer)
+        # Several certificates may carry the key (anyone can wrap a public key in a
+        # certificate): prefer one whose chain holds.
+        anchors = self.amd_anchors + self.simulation_anchors
+        pool = self.collateral.certificates
+        chains = [pki.build_chain(c, pool, anchors, when) for c in signers]
+        chain = next((ch for ch in chains if ch.ok), chains[0])
+        signer = chain.path[0]
         cn = pki.common_name(signer.subject)
-        r.fields["signing_cert"] = {"subject": cn, "product": info.product_name,
-                                    "spl": info.spl, "sha256": pki.cert_sha256(signer)}
         r.add("report_signature", PASSED, f"ECDSA P-384/SHA-384 signature over [0, 0x2A0) "
               f"verifies under {pki.describe(signer)}")
+        try:
+            info = pki.amd_key_info(signer)
+        except FormatError as e:
+            r.add("signing_key", FAILED, f"{pki.describe(signer)}: bad AMD extension: {e}")
+            return r
+        r.fields["signing_cert"] = {"subject": cn, "product": info.product_name,
+                                    "spl": info.spl, "sha256": pki.cert_sha256(signer)}
         if cn != want_cn:
             r.add("signing_key", FAILED, f"the report says it is signed by the {want_cn[4:]} "
                   f"but the key that verifies it is {pki.describe(signer)}")
         else:
             r.add("signing_key", PASSED, f"signed by the {want_cn[4:]} as the report states")
 
-        pool = self.collateral.certificates
-        chain = pki.build_chain(signer, pool, self.amd_anchors + self.simulation_anchors, when)
         if chain.simulated:
             r.simulated = True
         if not chain.ok:
