@@ -103,6 +103,7 @@ def tree(tmp_path: Path) -> Path:
     (root / "link-to-file").symlink_to("b.txt")
     (root / "link-to-dir").symlink_to("a")
     (root / "dangling").symlink_to("nowhere")
+    (root / "loop").symlink_to("loop")
     (root / "empty-dir").mkdir()
     return root
 
@@ -111,8 +112,8 @@ def test_directory_expansion_order_and_skips(tree: Path) -> None:
     out = expand([f"file:{tree}/"])
     t = str(tree)
     # Sorted names in each directory, depth first: "a/..." before "a.txt" (Gramine sorts
-    # path components, not whole strings). FIFOs, sockets, dangling links and symlinked
-    # directories are skipped; a symlinked file is kept under its own name.
+    # path components, not whole strings). FIFOs, sockets, dangling or looping links and
+    # symlinked directories are skipped; a symlinked file is kept under its own name.
     assert uris(out) == [
         f"file:{t}/.hidden",
         f"file:{t}/Z",
