@@ -158,6 +158,12 @@ def _add_verify(parser: argparse.ArgumentParser) -> None:
                         help="expected SEV-SNP launch measurement")
     parser.add_argument("--expect-report-data", type=_hexarg, metavar="HEX",
                         help="expected report_data (shorter values are zero-padded to 64 B)")
+    parser.add_argument("--pccs", metavar="URL",
+                        help="also fetch Intel collateral (TCB info, QE identity, CRLs) from "
+                        "this PCCS or PCS, e.g. https://api.trustedservices.intel.com")
+    parser.add_argument("--kds", metavar="URL",
+                        help="also fetch the VCEK, ASK/ARK and CRL from this AMD KDS, e.g. "
+                        "https://kdsintf.amd.com")
     parser.add_argument("--json", action="store_true", help="machine-readable result")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="also list the collateral files recognised and ignored")
@@ -171,6 +177,10 @@ def _run_verify(args: argparse.Namespace) -> int:
 
     evidence = _read(args.file)
     collateral = Collateral.load(args.collateral)
+    if args.pccs or args.kds:
+        from geode.verify.fetch import fetch_for_evidence
+
+        fetch_for_evidence(evidence, pccs_url=args.pccs, kds_url=args.kds, into=collateral)
     sim_roots = [c for c in collateral.certificates
                  if pki.is_simulation_cert(c) and pki.is_self_signed(c)]
     for path in args.sim_root:
