@@ -98,8 +98,8 @@ def bench_startup(work: Path, runs: int) -> None:
     row("python3 -c pass: wall time (median)", median_ms(native), median_ms(geode), "ms")
     print(f"{'':<44} Geode - native = {median_ms(geode) - median_ms(native):.0f} ms; "
           f"{requests} FUSE requests per start")
-    inner = ("import time,subprocess; t=time.perf_counter(); "
-             "subprocess.run(['/usr/bin/python3','-c','pass']); "
+    inner = ("import sys,time,subprocess; t=time.perf_counter(); "
+             "subprocess.run([sys.executable,'-c','pass']); "
              "print(time.perf_counter()-t)")
     # The same child start measured from inside an already running shield (warm view).
     native_in = [float(sh(["/usr/bin/python3", "-c", inner]).stdout) for _ in range(runs)]
@@ -111,11 +111,11 @@ def bench_startup(work: Path, runs: int) -> None:
 
 def bench_fork(work: Path, runs: int) -> None:
     d = build("bash", work)
-    loop = "TIMEFORMAT=%R; time (for i in $(seq 1000); do /bin/true; done)"
+    loop = "TIMEFORMAT=%R; time (for i in $(seq 1000); do /usr/bin/true; done)"
     native = [float(sh(["/bin/bash", "-c", loop]).stderr.split()[-1]) for _ in range(runs)]
     geode = [float(sh([str(BIN / "gramine-direct"), "./bash", "-c", loop],
                       cwd=d).stderr.split()[-1]) for _ in range(runs)]
-    row("bash: 1000 x fork+exec /bin/true (median)", median_ms(native), median_ms(geode), "ms")
+    row("bash: 1000 x fork+exec of true (median)", median_ms(native), median_ms(geode), "ms")
 
 
 def _rps(output: str, test: str) -> float:

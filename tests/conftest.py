@@ -23,6 +23,9 @@ def geode_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
     env = dict(os.environ)
     env["PATH"] = f"{BIN}:{env.get('PATH', '/usr/bin:/bin')}"
     env["XDG_CONFIG_HOME"] = str(home)
+    # A private library dir: runs of the suite (and code edits between them) do not share
+    # the runtime identity file or the runtime dir.
+    env["GEODE_PKGLIBDIR"] = str(tmp_path_factory.mktemp("pkglib"))
     env.pop("CI", None)
     subprocess.run(["gramine-sgx-gen-private-key", "-q"], env=env, check=True)
     yield env

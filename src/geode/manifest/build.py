@@ -5,7 +5,6 @@ Also loading and dumping of rendered manifests, shared by signing and the runtim
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 import tomli_w
 
 from geode.errors import ManifestError
-from geode.manifest import schema
+from geode.manifest import schema, tomlio
 from geode.measurement import libos_path
 
 
@@ -52,10 +51,10 @@ def load(path: Path) -> dict[str, Any]:
 
 def loads(data: bytes, *, name: str) -> dict[str, Any]:
     try:
-        return tomllib.loads(data.decode("utf-8"))
+        return tomlio.loads(data.decode("utf-8"))
     except UnicodeDecodeError as e:
         raise ManifestError(f"not UTF-8 text (byte {e.start})", where=name) from None
-    except tomllib.TOMLDecodeError as e:
+    except tomlio.TOMLDecodeError as e:
         raise ManifestError(f"invalid TOML: {e}", where=name) from None
 
 

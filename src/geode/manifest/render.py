@@ -27,7 +27,6 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-import tomllib
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -38,6 +37,7 @@ import jinja2
 
 from geode.errors import ManifestError
 from geode.manifest import runtimedir as _rt
+from geode.manifest import tomlio
 
 # --------------------------------------------------------------------------- globals
 
@@ -294,8 +294,8 @@ def _undefined_message(message: str) -> str:
 def parse_toml(text: str, *, name: str) -> dict[str, Any]:
     """Parse the rendered manifest; errors give ``NAME:LINE:COLUMN`` of the rendered text."""
     try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
+        return tomlio.loads(text)
+    except tomlio.TOMLDecodeError as e:
         message = str(e)
         lines = text.splitlines()
         if m := re.fullmatch(r"(.*) \(at line (\d+), column (\d+)\)", message, re.S):

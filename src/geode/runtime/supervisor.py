@@ -327,18 +327,16 @@ async def serve_fd(fs: Any, mountpoint: str) -> None:
                 close()
 
 
-def _view_for(manifest: Mapping[str, Any], base_dir: Path,
-              owner: tuple[int, int]) -> tuple[Any, Any, FuseRoot]:
-    """The view plan, the FUSE file system and how to mount it."""
+def _view_for(plan: Any, manifest: Mapping[str, Any],
+              owner: tuple[int, int]) -> tuple[Any, FuseRoot]:
+    """The FUSE file system serving ``plan`` and how to mount it."""
     try:
         from geode.runtime import viewfs
-        from geode.runtime.plan import ViewPlan
     except ImportError as e:  # pyfuse3/trio missing
         raise GeodeError(f"the runtime needs pyfuse3 and trio ({e}); install geode[runtime]"
                          ) from None
-    plan = ViewPlan.from_manifest(manifest, base_dir=base_dir)
     fs = viewfs.ViewFS(plan, manifest, owner=owner)
-    return plan, fs, fuse_root(viewfs.MOUNT_OPTIONS)
+    return fs, fuse_root(viewfs.MOUNT_OPTIONS)
 
 
 def run(manifest: dict[str, Any], *, manifest_path: Path, host_args: list[str],
@@ -359,7 +357,7 @@ def run(manifest: dict[str, Any], *, manifest_path: Path, host_args: list[str],
     spec = process_spec(manifest, host_args, base_dir=base_dir, trusted=plan.trusted)
     preflight(fuse=True)
     # Files appear owned by the program's user, as in Gramine (inode owner = current uid).
-    plan, fs, root = _view_for(manifest, base_dir, (spec.uid, spec.gid))
+    fs, root = _view_for(plan, manifest, (spec.uid, spec.gid))
     cfg = sandbox_config(spec, root=root, mounts=kernel_mounts(plan))
     log.debug("tee backend: %s", tee)
     from geode.runtime import viewfs
