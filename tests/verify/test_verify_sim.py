@@ -271,3 +271,25 @@ def test_authority_save_and_load(sim: QuotingAuthority, tmp_path: Path) -> None:
     r = Verifier(c, simulation_roots=[sim.root_cert], allow_simulated=True).verify(
         again.quote(_body()), AT)
     assert r.verified, failed(r)
+
+
+def test_tcb_info_version_2(intel_like: QuotingAuthority, tmp_path: Path) -> None:
+    """SGX TCB info v2 (sgxtcbcompNNsvn fields, no advisories) is matched the same way."""
+    import json
+
+    v3 = json.loads(intel_like.tcb_info())["tcbInfo"]
+    comps = {f"sgxtcbcomp{i + 1:02d}svn": s for i, s in enumerate(intel_like.tcb_components)}
+    levels = [
+        {"tcb": {**{k: v + 1 for k, v in comps.items()}, "pcesvn": intel_like.pcesvn},
+         "tcbDate": "2025-01-01T00:00:00Z", "tcbStatus": "UpToDate"},
+        {"tcb": {**comps, "pcesvn": intel_like.pcesvn}, "tcbDate": "2024-01-01T00:00:00Z",
+         "tcbStatus": "OutOfDate"},
+    ]
+    body = {k: v3[k] for k in ("issueDate", "nextUpdate", "fmspc", "pceId", "tcbType",
+                               "tcbEvaluationDataNumber")}
+    body = {"version": 2, **body, "tcbLevels": levels}
+    c = _collateral(intel_like, tmp_path, **{
+        "tcb_info.json": intel_like.sign_json("tcbInfo", body)})
+    r = _verifier(intel_like, c).verify(intel_like.quote(_body()), AT)
+    assert r.tcb_status == "OutOfDate" and r.verified
+    assert "SGX TCB info v2" in r.check("tcb_info").reason  # type: ignore[union-attr]

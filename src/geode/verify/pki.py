@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cache
 from importlib import resources
 
 from cryptography import x509
@@ -21,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtensionOID, NameOID
 
-from geode.errors import FormatError
+from geode.errors import FormatError, GeodeError
 from geode.verify import der
 from geode.verify.result import CheckStatus
 
@@ -205,13 +206,34 @@ class Anchor:
         return cert_sha256(self.cert)
 
 
-def _package_roots(prefix: str) -> list[x509.Certificate]:
+# SHA-256 of the DER of every root shipped in geode/verify/roots (published values; see
+# shared/vectors/attestation/SOURCES.md section 1). A root file that does not match is refused.
+PINNED_SHA256 = {
+    "intel_sgx_root_ca.pem": "44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cbb8ccfab674d3",
+    "amd_ark_milan.pem": "69d063b45344d26a2e94e1f4210de49ef555308287d4c174445c95639a540bcd",
+    "amd_ark_genoa.pem": "4c6598d19c18719c5dfd4a7d335f674e5bfe1d8f800cea2cf270c10d103db2f1",
+    "amd_ark_turin.pem": "1f084161a44bb6d93778a904877d4819cafa5d05ef4193b2ded9dd9c73dd3f6a",
+}
+
+
+@cache
+def _package_roots(prefix: str) -> tuple[x509.Certificate, ...]:
     out: list[x509.Certificate] = []
     folder = resources.files("geode.verify").joinpath("roots")
-    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
-        if entry.name.startswith(prefix) and entry.name.endswith(".pem"):
-            out.extend(load_pem_certificates(entry.read_bytes(), entry.name))
-    return out
+    for name, digest in sorted(PINNED_SHA256.items()):
+        if not name.startswith(prefix):
+            continue
+        try:
+            data = folder.joinpath(name).read_bytes()
+        except OSError:
+            raise GeodeError(f"pinned root geode/verify/roots/{name} is missing from the "
+                             "installation (package data); reinstall Geode") from None
+        certs = load_pem_certificates(data, name)
+        if len(certs) != 1 or cert_sha256(certs[0]) != digest:
+            raise GeodeError(f"pinned root geode/verify/roots/{name} does not have the "
+                             f"expected SHA-256 {digest}")
+        out.append(certs[0])
+    return tuple(out)
 
 
 def pinned_intel_roots() -> list[Anchor]:

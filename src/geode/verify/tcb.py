@@ -24,8 +24,6 @@ from dataclasses import dataclass, field
 from geode.verify.collateral import EnclaveIdentity, TcbInfo, TcbLevel, TdxModuleIdentity
 from geode.verify.quote import EnclaveReportBody, TdReportBody
 
-NOT_SUPPORTED = "TCBNotSupported"
-
 
 def _sort_key(level: TcbLevel) -> tuple[tuple[int, ...], int, tuple[int, ...]]:
     return (level.sgx_components, level.pcesvn, level.tdx_components or ())
@@ -56,12 +54,6 @@ class TcbEvaluation:
     detail: str = ""
     sgx_level: TcbLevel | None = None
     tdx_level: TcbLevel | None = None
-
-
-def _add(out: list[str], ids: Sequence[str]) -> None:
-    for a in ids:
-        if a not in out:
-            out.append(a)
 
 
 def _svns(components: Sequence[int]) -> str:
@@ -99,7 +91,7 @@ def match_platform(info: TcbInfo, components: Sequence[int], pcesvn: int,
                          sgx_level=sgx_level)
 
 
-def _worsen(status: str, other: str) -> str:
+def converge(status: str, other: str) -> str:
     """Converge a platform status with an OutOfDate/Revoked QE or TDX module status."""
     if other == "Revoked":
         return "Revoked"
@@ -109,10 +101,6 @@ def _worsen(status: str, other: str) -> str:
         if status in ("ConfigurationNeeded", "ConfigurationAndSWHardeningNeeded"):
             return "OutOfDateConfigurationNeeded"
     return status
-
-
-def converge(status: str, other: str) -> str:
-    return _worsen(status, other)
 
 
 @dataclass(frozen=True)
