@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import copy_example, run
 
 EXAMPLES = {
@@ -58,14 +57,18 @@ def test_example_signs_and_runs(example: str, tmp_path: Path, geode_env: dict[st
     assert "[ Success ]" in checked.stdout
 
 
-def test_tampered_or_unsigned_manifest_is_refused(tmp_path: Path, geode_env: dict[str, str]) -> None:
+def test_tampered_or_unsigned_manifest_is_refused(
+    tmp_path: Path, geode_env: dict[str, str]
+) -> None:
     workdir = copy_example("helloworld", tmp_path)
     run(["make", "SGX=1"], geode_env, cwd=workdir)
     assert run(["gramine-direct", "helloworld"], geode_env, cwd=workdir).stdout == "Hello, world\n"
 
     signed = workdir / "helloworld.manifest.sgx"
     original = signed.read_bytes()
-    signed.write_bytes(original.replace(b'entrypoint = "/helloworld"', b'entrypoint = "/helloworle"'))
+    signed.write_bytes(
+        original.replace(b'entrypoint = "/helloworld"', b'entrypoint = "/helloworle"')
+    )
     proc = run(["gramine-direct", "helloworld"], geode_env, cwd=workdir, check=False)
     assert proc.returncode != 0 and "Hello" not in proc.stdout
     assert "measurement mismatch" in proc.stderr and "Traceback" not in proc.stderr

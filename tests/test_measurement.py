@@ -7,8 +7,8 @@ import struct
 from pathlib import Path
 
 import pytest
-
 from conftest import run
+
 from geode.measurement import (
     IDENTITY_HEADER,
     libos_path,

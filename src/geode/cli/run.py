@@ -48,7 +48,8 @@ def load_for_run(manifest_arg: Path | None, app: str | None) -> tuple[dict[str, 
     else:
         assert app is not None
         base = _app_base(app)
-        signed, sig, plain = Path(base + ".manifest.sgx"), Path(base + ".sig"), Path(base + ".manifest")
+        signed, sig = Path(base + ".manifest.sgx"), Path(base + ".sig")
+        plain = Path(base + ".manifest")
         if signed.exists():
             # A signed manifest is never silently replaced by the unsigned one.
             if not sig.exists():

@@ -12,7 +12,6 @@ from typing import Any
 from geode.cli.common import Command
 from geode.errors import GeodeError
 
-
 # --- sign ---------------------------------------------------------------------------------------
 
 def _add_sign(parser: argparse.ArgumentParser) -> None:
@@ -38,8 +37,8 @@ def _add_sign(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_sign(args: argparse.Namespace) -> int:
-    from geode.fsutil import atomic_write
     from geode.formats.sigstruct import view
+    from geode.fsutil import atomic_write
     from geode.signing.keys import default_key_path
     from geode.signing.sign import parse_date, sign_manifest
 

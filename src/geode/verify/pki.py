@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
 from importlib import resources
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -25,6 +26,8 @@ from cryptography.x509.oid import ExtensionOID, NameOID
 from geode.errors import FormatError, GeodeError
 from geode.verify import der
 from geode.verify.result import CheckStatus
+
+_T = TypeVar("_T")
 
 SGX_EXTENSION_OID = "1.2.840.113741.1.13.1"
 AMD_OID_PREFIX = "1.3.6.1.4.1.3704.1."
@@ -142,8 +145,31 @@ def is_simulation_cert(cert: x509.Certificate) -> bool:
                for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME))
 
 
+# Signature checks are pure functions of the two objects: memoised by identity (the objects
+# are kept in the entry, so their ids cannot be reused while it lives). This is what makes
+# repeated verifications against the same loaded collateral cheap.
+_MEMO: dict[tuple[str, int, int], tuple[object, object, object]] = {}
+_MEMO_MAX = 8192
+
+
+def _memo(kind: str, a: object, b: object, compute: Callable[[], _T]) -> _T:
+    key = (kind, id(a), id(b))
+    hit = _MEMO.get(key)
+    if hit is not None and hit[0] is a and hit[1] is b:
+        return hit[2]  # type: ignore[return-value]
+    value = compute()
+    if len(_MEMO) >= _MEMO_MAX:
+        _MEMO.clear()
+    _MEMO[key] = (a, b, value)
+    return value
+
+
 def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> str | None:
     """None when ``issuer`` signed ``cert`` (names and signature); else the reason."""
+    return _memo("cert", cert, issuer, lambda: _issued_by(cert, issuer))
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> str | None:
     if cert.issuer != issuer.subject:
         return (f"{describe(cert)} names issuer {common_name(cert.issuer)!r}, "
                 f"not {describe(issuer)}")
@@ -157,6 +183,10 @@ def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> str | None:
 
 
 def crl_signed_by(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:
+    return _memo("crl", crl, issuer, lambda: _crl_signed_by(crl, issuer))
+
+
+def _crl_signed_by(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:
     if crl.issuer != issuer.subject:
         return False
     key = issuer.public_key()
@@ -407,6 +437,10 @@ class SgxExtension:
     pceid: bytes
     fmspc: bytes
     sgx_type: int
+
+
+def sgx_extension_present(cert: x509.Certificate) -> bool:
+    return any(e.oid.dotted_string == SGX_EXTENSION_OID for e in cert.extensions)
 
 
 def sgx_extension(cert: x509.Certificate) -> SgxExtension:

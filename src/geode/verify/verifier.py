@@ -149,8 +149,8 @@ class Verifier:
                 continue
             key = cert.public_key()
             assert isinstance(key, ec.EllipticCurvePublicKey)
-            if not isinstance(key.curve, ec.SECP256R1):
-                continue
+            if not isinstance(key.curve, ec.SECP256R1) or pki.sgx_extension_present(cert):
+                continue  # PCK certificates never sign collateral; skip their ECDSA checks
             if not _ecdsa_ok(key, signature, body, hashes.SHA256()):
                 continue
             signers += 1
