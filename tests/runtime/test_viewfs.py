@@ -589,10 +589,21 @@ def test_keys_api_and_bad_insecure_keys(tmp_path: Path) -> None:
     manifest: dict[str, Any] = {"fs": {"root": {"uri": f"file:{tmp_path}"},
                                        "insecure__keys": {"k": "00" * 16}},
                                 "sgx": {"remote_attestation": "dcap"}}
+    from geode.formats.sigstruct import Sigstruct
+    from geode.tee import EnclaveIdentity
+    from geode.tee.sim import SimBackend
+
     fs = ViewFS(ViewPlan.from_manifest(manifest, base_dir=tmp_path), manifest)
     try:
         assert fs.keys == {"k": bytes(16)}
         assert fs.keys is fs.attestation.keys
+        # the attestation type is the backend's, not the manifest's wish
+        assert fs.attestation.files["attestation_type"].size() == len(b"none")
+    finally:
+        fs.close()
+    sim = SimBackend(EnclaveIdentity(bytes(32), Sigstruct()))
+    fs = ViewFS(ViewPlan.from_manifest(manifest, base_dir=tmp_path), manifest, tee=sim)
+    try:
         assert fs.attestation.files["attestation_type"].size() == len(b"dcap")
     finally:
         fs.close()

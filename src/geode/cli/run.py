@@ -12,6 +12,7 @@ from typing import Any
 
 from geode.cli.common import Command
 from geode.errors import GeodeError, ManifestError
+from geode.tee import EnclaveIdentity
 
 log = logging.getLogger("geode")
 
@@ -25,7 +26,9 @@ def _app_base(app: str) -> str:
     return app
 
 
-def load_for_run(manifest_arg: Path | None, app: str | None) -> tuple[dict[str, Any], Path]:
+def load_for_run(
+    manifest_arg: Path | None, app: str | None
+) -> tuple[dict[str, Any], Path, EnclaveIdentity]:
     """Find and verify the manifest to run.
 
     A signed pair ``APP.manifest.sgx`` + ``APP.sig`` is preferred and must verify (SIGSTRUCT,
@@ -33,7 +36,10 @@ def load_for_run(manifest_arg: Path | None, app: str | None) -> tuple[dict[str, 
     as gramine-direct does. An explicit ``--manifest X.manifest.sgx`` needs its ``.sig``.
     """
     from geode.manifest import build, schema
+    from geode.measurement import measure
     from geode.signing.sign import check_signed_manifest
+
+    sig_struct = None
 
     if manifest_arg is not None:
         name = str(manifest_arg)
@@ -41,7 +47,7 @@ def load_for_run(manifest_arg: Path | None, app: str | None) -> tuple[dict[str, 
             sig = Path(name[: -len(".manifest.sgx")] + ".sig")
             if not sig.exists():
                 raise GeodeError(f"signed manifest without its signature {sig}", where=name)
-            manifest, _ = check_signed_manifest(manifest_arg, sig)
+            manifest, sig_struct = check_signed_manifest(manifest_arg, sig)
         else:
             manifest = build.load(manifest_arg)
         path = manifest_arg
@@ -54,7 +60,7 @@ def load_for_run(manifest_arg: Path | None, app: str | None) -> tuple[dict[str, 
             # A signed manifest is never silently replaced by the unsigned one.
             if not sig.exists():
                 raise GeodeError(f"{signed} exists but its signature {sig} is missing")
-            manifest, _ = check_signed_manifest(signed, sig)
+            manifest, sig_struct = check_signed_manifest(signed, sig)
             path = signed
         elif plain.exists():
             manifest = build.load(plain)
@@ -64,7 +70,8 @@ def load_for_run(manifest_arg: Path | None, app: str | None) -> tuple[dict[str, 
                              f"(or {signed} with {sig})")
     schema.check(manifest, source=str(path))
     _check_runtime_pin(manifest, path)
-    return manifest, path
+    measurement = sig_struct.enclave_hash if sig_struct else measure(path.read_bytes())
+    return manifest, path, EnclaveIdentity(measurement, sig_struct, manifest)
 
 
 def _check_runtime_pin(manifest: dict[str, Any], path: Path) -> None:
@@ -118,13 +125,13 @@ def _run(args: argparse.Namespace) -> int:
     from geode.manifest.banner import banner_text, insecure_settings
     from geode.runtime.supervisor import run
 
-    manifest, path = load_for_run(args.manifest, args.app)
+    manifest, path, identity = load_for_run(args.manifest, args.app)
     tee = choose_tee(manifest, args.tee)
     insecure = insecure_settings(manifest)
     if insecure and manifest.get("loader", {}).get("log_level", "error") != "none":
         print(banner_text(insecure), file=sys.stderr)
     return run(manifest, manifest_path=path, host_args=list(args.args), tee=tee,
-               stats_file=args.stats_file)
+               identity=identity, stats_file=args.stats_file)
 
 
 RUN = Command("run", "run a program inside its manifest's shield (gramine-direct)", _add_run,

@@ -328,25 +328,27 @@ async def serve_fd(fs: Any, mountpoint: str) -> None:
 
 
 def _view_for(plan: Any, manifest: Mapping[str, Any],
-              owner: tuple[int, int]) -> tuple[Any, FuseRoot]:
+              owner: tuple[int, int], tee: Any) -> tuple[Any, FuseRoot]:
     """The FUSE file system serving ``plan`` and how to mount it."""
     try:
         from geode.runtime import viewfs
     except ImportError as e:  # pyfuse3/trio missing
         raise GeodeError(f"the runtime needs pyfuse3 and trio ({e}); install geode[runtime]"
                          ) from None
-    fs = viewfs.ViewFS(plan, manifest, owner=owner)
+    fs = viewfs.ViewFS(plan, manifest, owner=owner, tee=tee)
     return fs, fuse_root(viewfs.MOUNT_OPTIONS)
 
 
 def run(manifest: dict[str, Any], *, manifest_path: Path, host_args: list[str],
-        tee: str = "none", stats_file: Path | None = None) -> int:
+        tee: str = "none", identity: Any = None, stats_file: Path | None = None) -> int:
     """Run ``libos.entrypoint`` of the (already verified) rendered ``manifest`` in the shield.
 
     ``manifest_path`` locates the manifest; relative ``file:`` URIs resolve against its
     directory. ``host_args`` are the command-line arguments after the application name (used
     only under ``loader.insecure__use_cmdline_argv``). Returns the program's exit status
     (128+N when it died of signal N, or when the supervisor was stopped by signal N).
+    ``identity`` (a :class:`geode.tee.EnclaveIdentity`; default: the measurement of the
+    manifest file, unsigned) is what the ``tee`` backend binds evidence and keys to.
     ``stats_file`` receives the view's FUSE request counts as JSON when the program ends.
     """
     configure_logging(manifest)
@@ -357,7 +359,14 @@ def run(manifest: dict[str, Any], *, manifest_path: Path, host_args: list[str],
     spec = process_spec(manifest, host_args, base_dir=base_dir, trusted=plan.trusted)
     preflight(fuse=True)
     # Files appear owned by the program's user, as in Gramine (inode owner = current uid).
-    fs, root = _view_for(plan, manifest, (spec.uid, spec.gid))
+    from geode.tee import EnclaveIdentity, open_backend
+
+    if identity is None:
+        from geode.measurement import measure
+
+        identity = EnclaveIdentity(measure(Path(manifest_path).read_bytes()), None, manifest)
+    backend = open_backend(tee, identity)
+    fs, root = _view_for(plan, manifest, (spec.uid, spec.gid), backend)
     cfg = sandbox_config(spec, root=root, mounts=kernel_mounts(plan))
     log.debug("tee backend: %s", tee)
     from geode.runtime import viewfs

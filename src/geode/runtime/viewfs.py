@@ -549,9 +549,11 @@ class ViewFS(pyfuse3.Operations):
     enable_acl = False
 
     def __init__(self, plan: ViewPlan, manifest: Mapping[str, Any], *,
-                 owner: tuple[int, int] | None = None) -> None:
+                 owner: tuple[int, int] | None = None, tee: Any = None) -> None:
         super().__init__()
         self.plan = plan
+        #: the TEE backend (geode.tee.TeeBackend) behind /dev/attestation; None: "none"
+        self.tee = tee
         self.stats: Counter[str] = Counter()
         self.verified_bytes = 0
         #: wall time spent inside request handlers (including awaited hashing threads)
@@ -565,10 +567,7 @@ class ViewFS(pyfuse3.Operations):
         self._start = time.time_ns()
         self._check_openat2()
 
-        sgx = manifest.get("sgx", {})
-        att_type = sgx.get("remote_attestation", "none") if isinstance(sgx, Mapping) else "none"
-        if not isinstance(att_type, str):
-            att_type = "none"
+        att_type = tee.attestation_type if tee is not None else "none"
         self.keys: dict[str, bytes] = _insecure_keys(manifest)
         self.attestation = AttestationDir(att_type, self.keys)
 

@@ -1,0 +1,78 @@
+"""TEE backends: what a program's identity is bound to, and what can derive keys for it.
+
+A backend is chosen explicitly (``geode run --tee``, ``geode.tee`` in the manifest) and never
+substituted: a manifest that asks for remote attestation with no backend that provides it does
+not start (see :func:`geode.cli.run.choose_tee`).
+
+=========  ============================================================================
+``none``   no evidence; no sealing keys (as gramine-direct)
+``sim``    software TEE for development and CI: SGX-format reports and DCAP-format quotes
+           signed by a per-installation simulation authority, sealing keys derived from a
+           per-installation platform secret; everything it emits says it is simulated
+``tdx``    Intel TDX guest: evidence through Linux configfs-tsm
+``snp``    AMD SEV-SNP guest: evidence through Linux configfs-tsm
+=========  ============================================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from geode.errors import GeodeError
+from geode.formats.sigstruct import Sigstruct
+
+#: Names of the sealing keys under /dev/attestation/keys, as in Gramine.
+SEAL_KEY_NAMES = ("_sgx_mrenclave", "_sgx_mrsigner")
+
+
+@dataclass(frozen=True)
+class EnclaveIdentity:
+    """The identity evidence binds: the Geode measurement and, when signed, its SIGSTRUCT."""
+
+    measurement: bytes
+    sigstruct: Sigstruct | None = None
+    manifest: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def mrsigner(self) -> bytes:
+        return self.sigstruct.mrsigner if self.sigstruct else bytes(32)
+
+    @property
+    def isv_prod_id(self) -> int:
+        return self.sigstruct.isv_prod_id if self.sigstruct else 0
+
+    @property
+    def isv_svn(self) -> int:
+        return self.sigstruct.isv_svn if self.sigstruct else 0
+
+
+class TeeBackend:
+    """The ``none`` backend; the base of the others."""
+
+    name = "none"
+    #: value of /dev/attestation/attestation_type
+    attestation_type = "none"
+
+    def __init__(self, identity: EnclaveIdentity) -> None:
+        self.identity = identity
+
+    def seal_key(self, name: str) -> bytes:
+        """The 16-byte sealing key ``name`` (one of :data:`SEAL_KEY_NAMES`)."""
+        raise GeodeError(
+            f"the '{self.name}' TEE backend cannot derive sealing key {name}: "
+            "use --tee sim (development) or a hardware backend, or provision a key"
+        )
+
+
+def open_backend(name: str, identity: EnclaveIdentity) -> TeeBackend:
+    """The backend called ``name`` for a program of ``identity``."""
+    if name == "none":
+        return TeeBackend(identity)
+    if name == "sim":
+        from geode.tee.sim import SimBackend
+
+        return SimBackend(identity)
+    if name in ("tdx", "snp"):
+        raise GeodeError(f"the '{name}' TEE backend is not available in this Geode build yet")
+    raise GeodeError(f"unknown TEE backend {name!r} (expected none, sim, tdx or snp)")
