@@ -202,7 +202,9 @@ def test_tcb_info_signed_by_a_pck_key_is_refused(intel_like: QuotingAuthority,
               + b'"}')
     c = _collateral(intel_like, tmp_path, **{"tcb_info.json": forged})
     r = _verifier(intel_like, c).verify(intel_like.quote(_body()), AT)
-    assert "is not issued directly by the root CA" in failed(r)["tcb_info"]
+    # PCK certificates are never candidates for signing collateral
+    assert "TCB info signature verification failed" in failed(r)["tcb_info"]
+    assert r.tcb_status is None and not r.verified
 
 
 def test_collateral_window(intel_like: QuotingAuthority, tmp_path: Path) -> None:
