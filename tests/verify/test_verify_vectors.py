@@ -467,3 +467,13 @@ def test_vectors_folder_and_roots_can_be_passed_whole() -> None:
                               (TDX02 / "quote.bin", AT_TDX02, "UpToDate")]:
         r = Verifier(c).verify(quote.read_bytes(), at)
         assert r.tcb_status == status
+
+
+@pytest.mark.parametrize("name", ["avr_v4_body_sw_hardening_needed.json",
+                                  "avr_v5_body_sw_hardening_needed.json"])
+def test_ias_epid_reports_are_refused_clearly(name: str) -> None:
+    """EPID/IAS was removed from Gramine after v1.8: the AVRs are recognised and refused."""
+    r = Verifier(Collateral()).verify((VECTORS / "ias_epid" / "oasis" / name).read_bytes(),
+                                      AT_SGX01)
+    assert r.kind == "epid" and not r.verified
+    assert "EPID attestation was removed from Gramine" in failed(r)["format"]

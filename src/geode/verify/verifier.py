@@ -105,6 +105,12 @@ class Verifier:
                allow_trailing: bool = False) -> VerificationResult:
         """Verify a DCAP quote or an SNP report (recognised by content)."""
         when = _utc(at)
+        if evidence.lstrip()[:1] == b"{" and b"isvEnclaveQuoteStatus" in evidence:
+            r = VerificationResult("epid")
+            r.add("format", FAILED, "an IAS attestation verification report (EPID): EPID "
+                  "attestation was removed from Gramine after v1.8 and is not supported; "
+                  "use DCAP quotes")
+            return r
         if len(evidence) == snp.REPORT_SIZE and not looks_like_quote(evidence):
             try:
                 report = snp.parse_snp_report(evidence)
