@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import re
 import tomllib
 from collections.abc import Callable, Iterator
@@ -953,6 +954,7 @@ def test_generated_manifests_pass(manifest: dict[str, Any]) -> None:
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(valid_manifests(), st.data())
 def test_wrong_type_anywhere_names_that_key(manifest: dict[str, Any], data: st.DataObject) -> None:
+    manifest = json.loads(json.dumps(manifest))  # no shared sub-objects (see below)
     candidates = list(nodes(manifest))
     path, container, slot, value = data.draw(st.sampled_from(candidates))
     container[slot] = wrong_value(value)
@@ -965,6 +967,8 @@ def test_wrong_type_anywhere_names_that_key(manifest: dict[str, Any], data: st.D
 @given(valid_manifests(), st.data())
 def test_unknown_key_anywhere_names_that_key(manifest: dict[str, Any],
                                              data: st.DataObject) -> None:
+    # The strategy may reuse one object at two places; a manifest parsed from TOML never does.
+    manifest = json.loads(json.dumps(manifest))
     tables = [("", manifest)] + [
         (path, value) for path, _, _, value in nodes(manifest)
         if isinstance(value, dict) and path not in WILDCARD_TABLES

@@ -260,19 +260,23 @@ def test_env_use_host_env() -> None:
 def test_limits_defaults() -> None:
     lim = build_limits(manifest())
     assert (lim.stack, lim.nofile, lim.address_space, lim.tasks) == (
-        DEFAULT_STACK_SIZE, DEFAULT_FDS_LIMIT, DEFAULT_ENCLAVE_SIZE, DEFAULT_MAX_THREADS)
+        DEFAULT_STACK_SIZE, DEFAULT_FDS_LIMIT, DEFAULT_ENCLAVE_SIZE, None)
+    lim = build_limits(manifest(sys={"disallow_subprocesses": True}))
+    assert lim.tasks == DEFAULT_MAX_THREADS
     assert DEFAULT_STACK_SIZE == 256 * 1024 and DEFAULT_ENCLAVE_SIZE == 256 << 20
 
 
 def test_limits_from_manifest() -> None:
-    m = manifest(sys={"stack": {"size": "8M"}, "fds": {"limit": 4096}},
+    m = manifest(sys={"stack": {"size": "8M"}, "fds": {"limit": 4096},
+                      "disallow_subprocesses": True},
                  sgx={"enclave_size": "2G", "max_threads": 16})
     lim = build_limits(m)
     assert (lim.stack, lim.nofile, lim.address_space, lim.tasks) == (8 << 20, 4096, 2 << 30, 16)
 
 
 def test_limits_edmm_has_no_thread_limit_and_big_default() -> None:
-    lim = build_limits(manifest(sgx={"edmm_enable": True, "max_threads": 1}))
+    lim = build_limits(manifest(sgx={"edmm_enable": True, "max_threads": 1},
+                                sys={"disallow_subprocesses": True}))
     assert lim.tasks is None
     assert lim.address_space == DEFAULT_ENCLAVE_SIZE_EDMM
 

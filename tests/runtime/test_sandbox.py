@@ -423,9 +423,14 @@ def test_max_threads_bounds_tasks(app_dir: Path, capfd: pytest.CaptureFixture[st
             pass
         stop.set(); print(n)
     """)
-    m = base_manifest(["/usr/bin/python3", "-c", code], sgx={"max_threads": 6})
+    m = base_manifest(["/usr/bin/python3", "-c", code], sgx={"max_threads": 6},
+                      sys={"disallow_subprocesses": True})
     assert go(m, app_dir) == 0
     assert capfd.readouterr().out.split() == ["5"]  # the main thread is the sixth
+    # A multi-process program is not bounded (Gramine's budget is per process).
+    m = base_manifest(["/usr/bin/python3", "-c", code], sgx={"max_threads": 6})
+    assert go(m, app_dir) == 0
+    assert capfd.readouterr().out.split() == ["100"]
 
 
 def test_disallow_subprocesses(app_dir: Path, capfd: pytest.CaptureFixture[str]) -> None:

@@ -434,15 +434,17 @@ class Limits:
       reservations count (``PROT_NONE`` mappings, glibc's 64 MiB per-thread malloc arenas);
       unlike an enclave, Geode's runtime itself takes no part of it.
     * ``tasks`` → ``RLIMIT_NPROC``; ``None`` means unlimited. ``sgx.max_threads`` bounds the
-      threads of one enclave. The kernel has no per-process thread limit short of a delegated
-      pids cgroup; ``RLIMIT_NPROC`` is counted per (user namespace, uid) since Linux 5.14, and
-      every sandbox has its own user namespace, so inside the sandbox it bounds the number of
-      live tasks (threads *and* processes) of the program's uid in this sandbox, excluding
-      Geode's own two helper processes (accounted for by the sandbox, which adds them to the
-      limit). For a single-process program this is Gramine's limit (Gramine's own helper
-      threads also count against it there, so Geode is slightly more generous); processes of a
-      multi-process program share one budget instead of having one each. With
-      ``sgx.edmm_enable`` Gramine adds thread slots on demand, so no limit is set.
+      threads of one enclave, i.e. of each process. The kernel has no per-process thread limit
+      short of a delegated pids cgroup; ``RLIMIT_NPROC`` is counted per (user namespace, uid)
+      since Linux 5.14, and every sandbox has its own user namespace, so inside the sandbox it
+      bounds the number of live tasks (threads *and* processes) of the program's uid in this
+      sandbox, excluding Geode's own two helper processes (accounted for by the sandbox, which
+      adds them to the limit). That is Gramine's limit exactly when the program is one process,
+      so it is applied when ``sys.disallow_subprocesses`` is set (Gramine's own helper threads
+      also count against it there, so Geode is slightly more generous). A multi-process program
+      would have one budget per process in Gramine and would share one here, which breaks
+      ordinary programs (a bash pipeline under ``max_threads = 4``), so no limit is set then.
+      With ``sgx.edmm_enable`` Gramine adds thread slots on demand, so no limit is set.
     """
 
     stack: int = DEFAULT_STACK_SIZE
@@ -465,8 +467,9 @@ def build_limits(manifest: Mapping[str, Any]) -> Limits:
         raise ManifestError("an address space below 16M cannot run a program",
                             where="sgx.enclave_size")
     threads = _int(manifest, "sgx.max_threads", DEFAULT_MAX_THREADS, minimum=1)
+    single_process = _bool(manifest, "sys.disallow_subprocesses")
     return Limits(stack=stack, nofile=nofile, address_space=enclave,
-                  tasks=None if edmm else threads)
+                  tasks=threads if single_process and not edmm else None)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -348,7 +348,7 @@ def run(manifest: dict[str, Any], *, manifest_path: Path, host_args: list[str],
     only under ``loader.insecure__use_cmdline_argv``). Returns the program's exit status
     (128+N when it died of signal N, or when the supervisor was stopped by signal N).
     ``identity`` (a :class:`geode.tee.EnclaveIdentity`; default: the measurement of the
-    manifest file, unsigned) is what the ``tee`` backend binds evidence and keys to.
+    manifest's TOML serialization, unsigned) is what the ``tee`` backend binds evidence and keys to.
     ``stats_file`` receives the view's FUSE request counts as JSON when the program ends.
     """
     configure_logging(manifest)
@@ -361,10 +361,11 @@ def run(manifest: dict[str, Any], *, manifest_path: Path, host_args: list[str],
     # Files appear owned by the program's user, as in Gramine (inode owner = current uid).
     from geode.tee import EnclaveIdentity, open_backend
 
-    if identity is None:
+    if identity is None:  # an unsigned manifest given as a dict: measure its serialization
+        from geode.manifest.build import dumps
         from geode.measurement import measure
 
-        identity = EnclaveIdentity(measure(Path(manifest_path).read_bytes()), None, manifest)
+        identity = EnclaveIdentity(measure(dumps(manifest)), None, manifest)
     backend = open_backend(tee, identity)
     fs, root = _view_for(plan, manifest, (spec.uid, spec.gid), backend)
     cfg = sandbox_config(spec, root=root, mounts=kernel_mounts(plan))
