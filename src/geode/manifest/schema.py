@@ -636,9 +636,9 @@ KEYS: tuple[Key, ...] = (
     Key(
         "sys.stack.size",
         SizeType(),
-        "Gramine: stack size of each thread. Geode's kernel manages stacks.",
+        "Stack size of the main thread (RLIMIT_STACK), which glibc also uses as the default "
+        "thread stack size.",
         default="256K",
-        support=_I,
     ),
     Key(
         "sys.brk.max_size",
@@ -665,8 +665,21 @@ KEYS: tuple[Key, ...] = (
         "Make fork/clone of new processes fail.",
         default=False,
     ),
-    Key("sys.insecure__allow_eventfd", _BOOL, "Allow eventfd().", default=False),
-    Key("sys.experimental__enable_flock", _BOOL, "Allow flock().", default=False),
+    Key(
+        "sys.insecure__allow_eventfd",
+        _BOOL,
+        "Gramine: allow eventfd() on the untrusted host. In Geode eventfd is an object of "
+        "the trusted kernel and always available.",
+        default=False,
+        support=_I,
+    ),
+    Key(
+        "sys.experimental__enable_flock",
+        _BOOL,
+        "Gramine: emulate flock(). In Geode the kernel provides flock() always.",
+        default=False,
+        support=_I,
+    ),
     Key(
         "sys.enable_extra_runtime_domain_names_conf",
         _BOOL,
@@ -701,10 +714,14 @@ KEYS: tuple[Key, ...] = (
     Key(
         "sys.debug__mock_syscalls",
         ArrayType(TableType()),
-        "System calls that return a fixed value without running; debugging only.",
+        "Gramine: system calls that return a fixed value without running; debugging only. "
+        "Not implemented in Geode yet: the calls run normally.",
+        support=_I,
     ),
-    Key("sys.debug__mock_syscalls[].name", _STR, "System call name.", required=True),
-    Key("sys.debug__mock_syscalls[].return", IntType(), "Value returned.", default=0),
+    Key("sys.debug__mock_syscalls[].name", _STR, "System call name.", required=True,
+        support=_I),
+    Key("sys.debug__mock_syscalls[].return", IntType(), "Value returned.", default=0,
+        support=_I),
     # ---------------------------------------------------------------- sgx
     Key(
         "sgx.debug",
@@ -725,19 +742,19 @@ KEYS: tuple[Key, ...] = (
     Key(
         "sgx.enclave_size",
         SizeType(power_of_two=True),
-        "SGX enclave size.",
+        "SGX enclave size; in Geode the address-space limit of each process (RLIMIT_AS).",
         default_doc='"256M" ("1024G" with sgx.edmm_enable)',
         written=True,
         default_fn=_enclave_size_default,
-        support=_I,
     ),
     Key(
         "sgx.max_threads",
         IntType(1),
-        "SGX thread slots (TCS).",
+        "SGX thread slots (TCS) per process; in Geode a task limit (RLIMIT_NPROC in the "
+        "sandbox's user namespace) when sys.disallow_subprocesses makes the program one "
+        "process, no limit otherwise (a shared budget would break multi-process programs).",
         default=_MAX_THREADS,
         written=True,
-        support=_I,
     ),
     Key(
         "sgx.insecure__rpc_thread_num",
@@ -749,10 +766,11 @@ KEYS: tuple[Key, ...] = (
     Key(
         "sgx.use_exinfo",
         _BOOL,
-        "Report SGX fault details (EXINFO) to the enclave.",
+        "Report SGX fault details (EXINFO) to the enclave; in Geode only MISCSELECT of the "
+        "SIGSTRUCT.",
         default=False,
         written=True,
-        support=_I,
+        support=_ID,
     ),
     Key(
         "sgx.insecure__allow_memfaults_without_exinfo",
