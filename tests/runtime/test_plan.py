@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from geode.errors import GeodeError, ManifestError
+from geode.errors import ManifestError
 from geode.runtime.plan import ViewPlan, normalize_view_path
 
 BASE = Path("/srv/app")
@@ -136,12 +136,40 @@ def test_file_check_policy() -> None:
         plan({"sgx": {"file_check_policy": "lenient"}})
 
 
-def test_encrypted_mounts_are_refused_for_now() -> None:
-    with pytest.raises(GeodeError) as e:
-        plan({"fs": {"mounts": [{"type": "encrypted", "path": "/secret", "uri": "file:enc",
-                                 "key_name": "default"}]}})
-    assert "fs.mounts[0].type" in str(e.value)
-    assert "encrypted" in str(e.value)
+def test_encrypted_mounts_keep_key_recovery_and_the_uri_path_as_written() -> None:
+    p = plan({"fs": {"mounts": [
+        {"type": "encrypted", "path": "/secret", "uri": "file:./enc//db/"},
+        {"type": "encrypted", "path": "/sealed", "uri": "file:/var/sealed",
+         "key_name": "_sgx_mrenclave", "enable_recovery": True},
+        {"type": "encrypted", "path": "/here", "uri": "file:"},
+    ]}})
+    enc, sealed, here = p.mounts[1:]
+    assert (enc.type, enc.host, enc.key_name, enc.enable_recovery) == (
+        "encrypted", BASE / "enc" / "db", "default", False)
+    assert enc.uri_path == "./enc//db/"  # bound paths derive from the text, not the host path
+    assert (sealed.key_name, sealed.enable_recovery, sealed.uri_path) == (
+        "_sgx_mrenclave", True, "/var/sealed")
+    assert (here.host, here.uri_path) == (BASE, ".")
+    assert p.resolve("/secret/a/b") == (enc, "a/b")
+    assert p.host_path("/secret/a") is None  # not a chroot mount
+
+
+@pytest.mark.parametrize(("mount", "where"), [
+    ({"type": "encrypted", "path": "/s"}, "fs.mounts[0].uri"),
+    ({"type": "encrypted", "path": "/s", "uri": "dev:/dev/x"}, "fs.mounts[0].uri"),
+    ({"type": "encrypted", "path": "/s", "uri": "file:s", "key_name": "a/b"},
+     "fs.mounts[0].key_name"),
+    ({"type": "encrypted", "path": "/s", "uri": "file:s", "key_name": ""},
+     "fs.mounts[0].key_name"),
+    ({"type": "encrypted", "path": "/s", "uri": "file:s", "enable_recovery": "yes"},
+     "fs.mounts[0].enable_recovery"),
+])
+def test_bad_encrypted_mounts_name_the_key(mount: Any, where: str) -> None:
+    with pytest.raises(ManifestError) as e:
+        plan({"fs": {"mounts": [mount]}})
+    assert str(e.value).startswith(where)
+    with pytest.raises(ManifestError, match="fs.root.type"):
+        plan({"fs": {"root": {"type": "encrypted", "uri": "file:x"}}})
 
 
 @pytest.mark.parametrize(("mount", "where"), [

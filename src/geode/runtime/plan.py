@@ -20,6 +20,13 @@ mount's host path joined with the path inside the mount is a key of :attr:`ViewP
 Mount semantics (Gramine's): mounts are applied in order, ``fs.root`` first. A later mount
 whose path is the same as, or an ancestor of, an earlier mount's path hides the earlier one
 entirely; otherwise the innermost mount covering a path serves it (:meth:`ViewPlan.resolve`).
+
+``type = "encrypted"`` mounts (not allowed as ``fs.root``) need a ``file:`` URI (a host
+directory or a single file); ``key_name`` defaults to ``"default"`` and ``enable_recovery`` to
+false. Besides the resolved :attr:`Mount.host`, such a mount keeps :attr:`Mount.uri_path`, the
+URI's path *as written* (``""`` becomes ``"."``): Gramine binds each encrypted file to the
+normalized text ``<uri_path>/<path inside the mount>``, not to an absolute host path (see
+:mod:`geode.runtime.encfs`).
 """
 
 from __future__ import annotations
@@ -36,10 +43,9 @@ from geode.errors import ManifestError
 
 __all__ = ["MOUNT_TYPES", "Mount", "ViewPlan", "normalize_view_path"]
 
-#: Mount types the view knows. ``encrypted`` is recognised but refused until encrypted files
-#: are implemented.
+#: Mount types the view knows.
 MOUNT_TYPES = frozenset({"chroot", "tmpfs", "encrypted", "untrusted_shm"})
-SUPPORTED_MOUNT_TYPES = frozenset({"chroot", "tmpfs", "untrusted_shm"})
+DEFAULT_KEY_NAME = "default"
 FILE_CHECK_POLICIES = ("strict", "allow_all_but_log")
 
 _SHA256_RE = re.compile(r"[0-9a-fA-F]{64}")
@@ -78,6 +84,12 @@ class Mount:
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     #: position in :attr:`ViewPlan.mounts` (0 is fs.root)
     index: int = 0
+    #: encrypted mounts: the key's name (``/dev/attestation/keys/<name>``)
+    key_name: str | None = None
+    #: encrypted mounts: keep a ``<file>.gramine.recovery`` journal for crash recovery
+    enable_recovery: bool = False
+    #: encrypted mounts: the URI's path as written (the base of every bound path)
+    uri_path: str | None = None
 
     @property
     def where(self) -> str:
@@ -92,11 +104,6 @@ def _parse_mount(raw: object, index: int, base_dir: Path) -> Mount:
     if not isinstance(mtype, str) or mtype not in MOUNT_TYPES:
         known = ", ".join(sorted(MOUNT_TYPES))
         raise ManifestError(f"unknown mount type {mtype!r} (known: {known})", where=f"{where}.type")
-    if mtype not in SUPPORTED_MOUNT_TYPES:
-        raise ManifestError(
-            f"mount type {mtype!r} is not supported by this version of Geode yet",
-            where=f"{where}.type",
-        )
     if index == 0:
         path = "/"
     else:
@@ -108,14 +115,33 @@ def _parse_mount(raw: object, index: int, base_dir: Path) -> Mount:
         path = normalize_view_path(raw_path)
     uri = raw.get("uri", "file:." if index == 0 else None)
     host: Path | None = None
-    if mtype == "chroot":
+    key_name: str | None = None
+    recovery = False
+    uri_path: str | None = None
+    if mtype == "encrypted":
+        if index == 0:
+            raise ManifestError("fs.root cannot be an encrypted mount", where=f"{where}.type")
+        if not isinstance(uri, str):
+            raise ManifestError("an encrypted mount needs a string 'uri'", where=f"{where}.uri")
+        host = _host_path(uri, base_dir, f"{where}.uri", schemes=("file",))
+        uri_path = uri.partition(":")[2] or "."
+        key_name = raw.get("key_name", DEFAULT_KEY_NAME)
+        if not isinstance(key_name, str) or key_name in ("", ".", "..") or "/" in key_name \
+                or "\0" in key_name:
+            raise ManifestError(f"expected a key name (no '/'), got {key_name!r}",
+                                where=f"{where}.key_name")
+        recovery = raw.get("enable_recovery", False)
+        if not isinstance(recovery, bool):
+            raise ManifestError(f"expected true or false, got {recovery!r}",
+                                where=f"{where}.enable_recovery")
+    elif mtype == "chroot":
         if not isinstance(uri, str):
             raise ManifestError("a chroot mount needs a string 'uri'", where=f"{where}.uri")
         host = _host_path(uri, base_dir, f"{where}.uri", schemes=("file",))
     elif mtype == "untrusted_shm" and isinstance(uri, str):
         host = _host_path(uri, base_dir, f"{where}.uri", schemes=("dev", "file"))
     return Mount(path=path, type=mtype, host=host, options=MappingProxyType(dict(raw)),
-                 index=index)
+                 index=index, key_name=key_name, enable_recovery=recovery, uri_path=uri_path)
 
 
 def _get_table(manifest: Mapping[str, Any], name: str) -> Mapping[str, Any]:

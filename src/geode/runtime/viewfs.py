@@ -112,6 +112,7 @@ import pyfuse3
 import trio
 
 from geode.errors import GeodeError, ManifestError
+from geode.runtime import encfs
 from geode.runtime.plan import Mount, ViewPlan, normalize_view_path
 
 __all__ = [
@@ -357,13 +358,18 @@ class _KeyHandle(PseudoHandle):
 
 
 class KeyFile(PseudoFile):
-    """``/dev/attestation/keys/NAME``: 16 raw bytes, readable and writable."""
+    """``/dev/attestation/keys/NAME``: 16 raw bytes, readable and writable.
+
+    Names starting with ``_`` are special (the TEE's sealing keys): read-only, as in Gramine.
+    """
 
     mode = 0o600
 
     def __init__(self, keys: dict[str, bytes], name: str) -> None:
         self.keys = keys
         self.name = name
+        if name.startswith("_"):
+            self.mode = 0o400
 
     def exists(self) -> bool:
         return self.name in self.keys
@@ -374,6 +380,10 @@ class KeyFile(PseudoFile):
     def open(self, pid: int, flags: int) -> PseudoHandle:
         if flags & os.O_ACCMODE == os.O_RDONLY and self.name not in self.keys:
             raise pyfuse3.FUSEError(errno.ENOENT)
+        if flags & os.O_ACCMODE != os.O_RDONLY and self.name.startswith("_"):
+            log.warning("refusing to write /dev/attestation/keys/%s: special keys are "
+                        "read-only", self.name)
+            raise pyfuse3.FUSEError(errno.EACCES)
         return _KeyHandle(self.keys, self.name)
 
 
@@ -422,6 +432,7 @@ class Policy(enum.IntEnum):
     LOGGED = 1
     ALLOWED = 2
     TRUSTED = 3
+    ENCRYPTED = 4  # a file below an encrypted mount (see geode.runtime.encfs)
 
 
 class Kind(enum.Enum):
@@ -467,6 +478,7 @@ class _Handle:
     writable: bool = False
     trusted: bool = False
     pseudo: PseudoHandle | None = None
+    enc: encfs.EncFile | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -534,6 +546,12 @@ def _fail(err: int) -> pyfuse3.FUSEError:
 
 
 _HOST_OPEN_FLAGS = os.O_ACCMODE | os.O_APPEND | os.O_TRUNC | os.O_SYNC | os.O_DSYNC
+#: mount types served from a host directory (or file)
+_HOST_TYPES = ("chroot", "encrypted")
+
+
+def _encrypted(mount: Mount | None) -> bool:
+    return mount is not None and mount.type == "encrypted"
 
 
 # ------------------------------------------------------------------------------------------
@@ -573,8 +591,12 @@ class ViewFS(pyfuse3.Operations):
 
         self._roots: dict[int, _Root] = {}
         self._visible = plan.visible_mounts
+        #: files below encrypted mounts; adds the TEE's sealing keys to ``keys`` and refuses
+        #: (GeodeError) a mount whose sealing key the backend cannot derive
+        self.enc = encfs.EncryptedFiles([m for m in self._visible if m.type == "encrypted"],
+                                        self.keys, tee, self._enc_parent)
         for m in self._visible:
-            if m.type == "chroot" and m.host is not None:
+            if m.type in _HOST_TYPES and m.host is not None:
                 self._open_root(m)
 
         self.interp_target = self._find_interp(manifest)
@@ -619,7 +641,9 @@ class ViewFS(pyfuse3.Operations):
         self._roots[m.index] = _Root(fd=fd, is_dir=stat.S_ISDIR(st.st_mode), host=host)
 
     def close(self) -> None:
-        """Close host descriptors (mount roots and open handles). Idempotent."""
+        """Write back encrypted files; close host descriptors (mount roots and open handles).
+        Idempotent."""
+        self.enc.close_all()
         for h in self._handles.values():
             if h.fd >= 0:
                 os.close(h.fd)
@@ -745,8 +769,13 @@ class ViewFS(pyfuse3.Operations):
             return Policy.TRUSTED, sha
         return (Policy.DENIED if self._strict else Policy.LOGGED), None
 
-    def _check_change(self, host: str, vpath: str, what: str) -> None:
-        """May the program create/modify/delete ``host``? Raise EACCES if not."""
+    def _check_change(self, host: str, vpath: str, what: str,
+                      mount: Mount | None = None) -> None:
+        """May the program create/modify/delete ``host``? Raise EACCES if not.
+
+        Everything below an encrypted mount may be changed (as in Gramine)."""
+        if _encrypted(mount):
+            return
         policy, _ = self.classify(host)
         if policy is Policy.ALLOWED:
             return
@@ -795,7 +824,10 @@ class ViewFS(pyfuse3.Operations):
                                        parent=parent))
         else:
             node.vpath, node.rel, node.host, node.parent = vpath, rel, host, parent
-        node.timeout = self._timeout_for(host) if mount is not None else STABLE_TIMEOUT
+        if _encrypted(mount):
+            node.timeout = VOLATILE_TIMEOUT
+        else:
+            node.timeout = self._timeout_for(host) if mount is not None else STABLE_TIMEOUT
         return node
 
     def _virtual(self, key: tuple[Any, ...], kind: Kind, vpath: str, parent: int,
@@ -811,7 +843,7 @@ class ViewFS(pyfuse3.Operations):
             m = ve.mount
             assert m is not None
             root = self._roots.get(m.index)
-            if m.type == "chroot" and root is not None:
+            if m.type in _HOST_TYPES and root is not None:
                 if root.is_dir:
                     st = os.fstat(root.fd)
                     return self._dir_node(("d", m.index, st.st_dev, st.st_ino), vpath, m, "",
@@ -823,7 +855,7 @@ class ViewFS(pyfuse3.Operations):
         if ve.kind == "dir":
             m, rel = self.plan.resolve(vpath)
             root = self._roots.get(m.index)
-            if m.type == "chroot" and root is not None and root.is_dir:
+            if m.type in _HOST_TYPES and root is not None and root.is_dir:
                 try:
                     fd = openat2(root.fd, rel, os.O_PATH | os.O_NOFOLLOW)
                 except OSError:
@@ -851,6 +883,8 @@ class ViewFS(pyfuse3.Operations):
     def _file_node(self, m: Mount, rel: str, vpath: str, st: os.stat_result, parent: int,
                    *, follow: bool) -> Node:
         host = _join_host(self._roots[m.index].host, rel)
+        if m.type == "encrypted":
+            return self._enc_node(m, rel, vpath, host, st, parent)
         policy, sha = self.classify(host)
         key: tuple[Any, ...] = ("f", st.st_dev, st.st_ino, sha)
         node = self._by_key.get(key)
@@ -866,6 +900,36 @@ class ViewFS(pyfuse3.Operations):
         node.timeout = VOLATILE_TIMEOUT if policy is Policy.ALLOWED else STABLE_TIMEOUT
         return node
 
+    def _enc_node(self, m: Mount, rel: str, vpath: str, host: str, st: os.stat_result,
+                  parent: int) -> Node:
+        """Node of a file below an encrypted mount (keyed per mount: one host file seen
+        through two mounts is two files, each bound to its own path)."""
+        key: tuple[Any, ...] = ("e", m.index, st.st_dev, st.st_ino)
+        node = self._by_key.get(key)
+        if node is None:
+            node = self._register(Node(ino=self._ino_for(key), kind=Kind.FILE, vpath=vpath,
+                                       key=key, mount=m, rel=rel, host=host,
+                                       policy=Policy.ENCRYPTED, parent=parent))
+        else:
+            node.vpath, node.mount, node.rel, node.host = vpath, m, rel, host
+            node.parent = parent
+        node.timeout = VOLATILE_TIMEOUT
+        return node
+
+    def _enc_parent(self, m: Mount, rel: str) -> tuple[int, str]:
+        """(O_PATH descriptor of the host directory holding ``rel`` of ``m``, its name)."""
+        root = self._roots.get(m.index)
+        if root is None:
+            raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), m.path)
+        if not root.is_dir:
+            if rel:
+                raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), m.path)
+            d, name = posixpath.split(root.host)
+            return os.open(d or "/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC), name
+        if not rel:
+            raise OSError(errno.EISDIR, os.strerror(errno.EISDIR), m.path)
+        return self._parent_fd(m, rel), posixpath.basename(rel)
+
     def _host_node(self, m: Mount, rel: str, vpath: str, st: os.stat_result, parent: int,
                    dirfd: int | None = None) -> tuple[Node, os.stat_result] | None:
         """Node for a host entry whose lstat is ``st``; None if it must stay hidden."""
@@ -875,6 +939,8 @@ class ViewFS(pyfuse3.Operations):
                                   parent), st
         if stat.S_ISREG(mode):
             return self._file_node(m, rel, vpath, st, parent, follow=False), st
+        if m.type == "encrypted":
+            return None  # Gramine: "not an encrypted file or directory"
         host = _join_host(self._roots[m.index].host, rel)
         if stat.S_ISLNK(mode):
             policy, sha = self.classify(host)
@@ -943,6 +1009,8 @@ class ViewFS(pyfuse3.Operations):
             h = self._handles.get(fh)
             if h is not None and h.fd >= 0:
                 return os.fstat(h.fd)
+            if h is not None and h.enc is not None and h.enc.fd >= 0:
+                return os.fstat(h.enc.fd)
         if node.mount is None:
             return None
         root = self._roots[node.mount.index]
@@ -977,6 +1045,14 @@ class ViewFS(pyfuse3.Operations):
             a.st_nlink = st.st_nlink
             a.st_uid, a.st_gid = self.owner if self.owner else (st.st_uid, st.st_gid)
             a.st_size = st.st_size
+            if node.policy is Policy.ENCRYPTED and node.kind is Kind.FILE:
+                assert node.mount is not None
+                size = self.enc.plain_size(node.mount, node.rel, st)
+                if size is None:  # key not set yet, or not authentic: ask again next time
+                    a.st_size = 0
+                    a.attr_timeout = 0
+                else:
+                    a.st_size = size
             a.st_blksize = st.st_blksize
             a.st_blocks = st.st_blocks
             a.st_atime_ns = st.st_atime_ns
@@ -1031,6 +1107,8 @@ class ViewFS(pyfuse3.Operations):
             return self._vnode(vpath, ve, parent.ino)
         if parent.mount is None:
             return None
+        if _encrypted(parent.mount) and name.endswith(encfs.RECOVERY_SUFFIX):
+            return None  # recovery journals are the view's own business
         root = self._roots[parent.mount.index]
         rel = _join_rel(parent.rel, name)
         try:
@@ -1112,13 +1190,15 @@ class ViewFS(pyfuse3.Operations):
                      ctx: pyfuse3.RequestContext) -> bool:
         node = self._get(inode)
         if node.kind is Kind.FILE:
+            if node.policy is Policy.ENCRYPTED:
+                return True
             if node.policy is Policy.TRUSTED:
                 return not mode & os.W_OK
             return node.policy is not Policy.DENIED or mode == os.F_OK
         if node.kind is Kind.DIR and mode & os.W_OK:
             if node.role == "keys":
                 return True
-            return node.mount is not None and (
+            return node.mount is not None and (_encrypted(node.mount) or
                 self.classify(node.host)[0] in (Policy.ALLOWED, Policy.LOGGED))
         if node.kind is Kind.PSEUDO and mode & os.W_OK:
             assert node.pseudo is not None
@@ -1149,9 +1229,11 @@ class ViewFS(pyfuse3.Operations):
             if node.mount is not None:
                 root = self._roots[node.mount.index]
                 fd = openat2(root.fd, node.rel, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+                hide = encfs.RECOVERY_SUFFIX if _encrypted(node.mount) else None
                 try:
                     with os.scandir(fd) as it:
-                        entries.extend((e.name, "host") for e in it if e.name not in virtual)
+                        entries.extend((e.name, "host") for e in it if e.name not in virtual
+                                       and not (hide and e.name.endswith(hide)))
                 finally:
                     os.close(fd)
         if node.role is None:
@@ -1322,6 +1404,8 @@ class ViewFS(pyfuse3.Operations):
             raise _fail(errno.ENXIO)
         if node.kind is not Kind.FILE:
             raise _fail(errno.EACCES)
+        if node.policy is Policy.ENCRYPTED:
+            return self._open_encrypted(node, flags)
         if node.policy is Policy.TRUSTED:
             if acc != os.O_RDONLY or flags & os.O_TRUNC:
                 log.error("refusing to open trusted file %s (host %s) for writing", node.vpath,
@@ -1356,6 +1440,30 @@ class ViewFS(pyfuse3.Operations):
             self._nodes[node.parent].listing = None
         return pyfuse3.FileInfo(fh=fh, keep_cache=False, direct_io=False)
 
+    def _enc_ident(self, node: Node) -> tuple[int, int]:
+        return node.key[2], node.key[3]
+
+    def _open_encrypted(self, node: Node, flags: int) -> pyfuse3.FileInfo:
+        assert node.mount is not None
+        ef, fresh = self.enc.acquire(node.mount, node.rel, node.vpath,
+                                     expect=self._enc_ident(node))
+        writable = flags & os.O_ACCMODE != os.O_RDONLY
+        try:
+            if writable and not ef.writable:
+                log.warning("refusing to open encrypted file %s for writing: its host file "
+                            "%s is read-only", node.vpath, node.host)
+                raise _fail(errno.EACCES)
+            if flags & os.O_TRUNC and ef.size:
+                self.enc.truncate(ef, 0)
+        except BaseException:
+            self.enc.release(ef)
+            raise
+        fh = self._new_handle(_Handle(node=node, enc=ef, writable=writable))
+        # A fresh ProtectedFile: drop whatever the kernel cached of an earlier open (the host
+        # file may have changed while nobody had it open). Otherwise every byte in the page
+        # cache came through this inode and is current.
+        return pyfuse3.FileInfo(fh=fh, keep_cache=not fresh, direct_io=False)
+
     @_op
     async def read(self, fh: int, off: int, size: int) -> bytes:
         h = self._handles.get(fh)
@@ -1363,6 +1471,8 @@ class ViewFS(pyfuse3.Operations):
             raise _fail(errno.EBADF)
         if h.pseudo is not None:
             return h.pseudo.read(off, size)
+        if h.enc is not None:
+            return self.enc.read(h.enc, off, size)
         if not h.trusted:
             return os.pread(h.fd, size, off)
         node = h.node
@@ -1403,6 +1513,8 @@ class ViewFS(pyfuse3.Operations):
             return h.pseudo.write(off, buf)
         if h.trusted or not h.writable:
             raise _fail(errno.EBADF)
+        if h.enc is not None:
+            return self.enc.write(h.enc, off, buf)
         view = memoryview(buf)
         done = 0
         while done < len(buf):
@@ -1417,6 +1529,9 @@ class ViewFS(pyfuse3.Operations):
         h = self._handles.get(fh)
         if h is None:
             raise _fail(errno.EBADF)
+        if h.enc is not None:
+            self.enc.fsync(h.enc)
+            return
         if h.fd >= 0 and h.writable:
             if datasync:
                 os.fdatasync(h.fd)
@@ -1429,16 +1544,21 @@ class ViewFS(pyfuse3.Operations):
         if h is None:
             return
         h.node.handles.discard(fh)
-        if h.pseudo is not None:
-            h.pseudo.release()
-        if h.fd >= 0:
-            os.close(h.fd)
-            h.fd = -1
-        node = h.node
-        if node.lookups <= 0 and not node.permanent and not node.handles:
-            self._nodes.pop(node.ino, None)
-            if self._by_key.get(node.key) is node:
-                del self._by_key[node.key]
+        try:
+            if h.pseudo is not None:
+                h.pseudo.release()
+            if h.enc is not None:
+                ef, h.enc = h.enc, None
+                self.enc.release(ef)  # the last handle writes the file back
+        finally:
+            if h.fd >= 0:
+                os.close(h.fd)
+                h.fd = -1
+            node = h.node
+            if node.lookups <= 0 and not node.permanent and not node.handles:
+                self._nodes.pop(node.ino, None)
+                if self._by_key.get(node.key) is node:
+                    del self._by_key[node.key]
 
     # ------------------------------------------------------------------ changes
 
@@ -1484,6 +1604,8 @@ class ViewFS(pyfuse3.Operations):
             node.lookups += 1
             return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False), attr
         rel, host, vpath = self._mutable_dir(parent, sname)
+        if _encrypted(parent.mount):
+            return self._create_encrypted(parent, rel, vpath, mode, flags)
         self._check_change(host, vpath, "create")
         pfd = self._dir_fd(parent)
         try:
@@ -1502,13 +1624,32 @@ class ViewFS(pyfuse3.Operations):
         node.lookups += 1
         return pyfuse3.FileInfo(fh=fh, keep_cache=False, direct_io=False), attr
 
+    def _create_encrypted(self, parent: Node, rel: str, vpath: str, mode: int, flags: int
+                          ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        assert parent.mount is not None
+        ef, _ = self.enc.acquire(parent.mount, rel, vpath, create=True,
+                                 exclusive=bool(flags & os.O_EXCL), mode=mode)
+        try:
+            if flags & os.O_TRUNC and ef.size:
+                self.enc.truncate(ef, 0)
+            st = os.fstat(ef.fd)
+            node, st = self._new_entry(parent, rel, vpath, -1, posixpath.basename(rel), st)
+        except BaseException:
+            self.enc.release(ef)
+            raise
+        fh = self._new_handle(_Handle(node=node, enc=ef,
+                                      writable=flags & os.O_ACCMODE != os.O_RDONLY))
+        attr = self._attr(node, st)
+        node.lookups += 1
+        return pyfuse3.FileInfo(fh=fh, keep_cache=False, direct_io=False), attr
+
     @_op
     async def mkdir(self, parent_inode: pyfuse3.InodeT, name: bytes, mode: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         parent = self._get(parent_inode)
         sname = os.fsdecode(name)
         rel, host, vpath = self._mutable_dir(parent, sname)
-        self._check_change(host, vpath, "create directory")
+        self._check_change(host, vpath, "create directory", parent.mount)
         pfd = self._dir_fd(parent)
         try:
             os.mkdir(sname, mode & 0o1777, dir_fd=pfd)
@@ -1527,6 +1668,8 @@ class ViewFS(pyfuse3.Operations):
         parent = self._get(parent_inode)
         sname = os.fsdecode(name)
         rel, host, vpath = self._mutable_dir(parent, sname)
+        if _encrypted(parent.mount):
+            raise _fail(errno.EPERM)
         self._check_change(host, vpath, "create")
         pfd = self._dir_fd(parent)
         try:
@@ -1544,6 +1687,8 @@ class ViewFS(pyfuse3.Operations):
         parent = self._get(parent_inode)
         sname = os.fsdecode(name)
         rel, host, vpath = self._mutable_dir(parent, sname)
+        if _encrypted(parent.mount):
+            raise _fail(errno.EPERM)  # Gramine's encrypted mounts have no symlinks
         self._check_change(host, vpath, "create symlink")
         pfd = self._dir_fd(parent)
         try:
@@ -1564,6 +1709,8 @@ class ViewFS(pyfuse3.Operations):
         rel, host, vpath = self._mutable_dir(parent, sname)
         if node.kind not in (Kind.FILE, Kind.LINK, Kind.SPECIAL) or node.mount is None:
             raise _fail(errno.EPERM)
+        if _encrypted(node.mount) or _encrypted(parent.mount):
+            raise _fail(errno.EPERM)  # a second name would not match the bound path
         if parent.mount is None or node.mount.index != parent.mount.index:
             raise _fail(errno.EXDEV)
         if node.follow or not self._roots[node.mount.index].is_dir:
@@ -1591,11 +1738,18 @@ class ViewFS(pyfuse3.Operations):
         if parent.role is not None:
             raise _fail(errno.EPERM)
         rel, host, vpath = self._mutable_dir(parent, sname)
-        self._check_change(host, vpath, "remove")
+        self._check_change(host, vpath, "remove", parent.mount)
         pfd = self._dir_fd(parent)
         try:
             if directory:
                 os.rmdir(sname, dir_fd=pfd)
+            elif _encrypted(parent.mount):
+                assert parent.mount is not None
+                if sname.endswith(encfs.RECOVERY_SUFFIX):
+                    raise _fail(errno.ENOENT)
+                st = os.stat(sname, dir_fd=pfd, follow_symlinks=False)
+                os.unlink(sname, dir_fd=pfd)
+                self.enc.unlinked(parent.mount, pfd, sname, st)
             else:
                 os.unlink(sname, dir_fd=pfd)
         finally:
@@ -1616,7 +1770,7 @@ class ViewFS(pyfuse3.Operations):
         old_rel, old_vpath = node.rel, node.vpath
         root = self._roots[mount.index]
         node.rel, node.vpath, node.host = rel, vpath, _join_host(root.host, rel)
-        if node.kind is Kind.FILE and node.sha is None:
+        if node.kind is Kind.FILE and node.sha is None and node.policy is not Policy.ENCRYPTED:
             node.policy, _ = self.classify(node.host)
         if node.kind is Kind.DIR:
             prefix = old_rel + "/"
@@ -1628,7 +1782,8 @@ class ViewFS(pyfuse3.Operations):
                     other.listing = None
 
     def _node_at(self, mount: Mount, st: os.stat_result) -> Node | None:
-        for key in (("d", mount.index, st.st_dev, st.st_ino), ("f", st.st_dev, st.st_ino, None),
+        for key in (("d", mount.index, st.st_dev, st.st_ino),
+                    ("e", mount.index, st.st_dev, st.st_ino), ("f", st.st_dev, st.st_ino, None),
                     ("l", st.st_dev, st.st_ino), ("s", st.st_dev, st.st_ino)):
             node = self._by_key.get(key)
             if node is not None:
@@ -1647,8 +1802,8 @@ class ViewFS(pyfuse3.Operations):
         if po.mount.index != pn.mount.index:
             raise _fail(errno.EXDEV)
         mount = po.mount
-        self._check_change(host_o, vpath_o, "rename")
-        self._check_change(host_n, vpath_n, "replace")
+        self._check_change(host_o, vpath_o, "rename", mount)
+        self._check_change(host_n, vpath_n, "replace", mount)
         pfo = self._dir_fd(po)
         try:
             pfn = self._dir_fd(pn)
@@ -1657,7 +1812,11 @@ class ViewFS(pyfuse3.Operations):
                 st_n: os.stat_result | None = None
                 if flags & pyfuse3.RENAME_EXCHANGE:
                     st_n = os.stat(sn, dir_fd=pfn, follow_symlinks=False)
-                _renameat2_call(pfo, so, pfn, sn, flags)
+                if _encrypted(mount):
+                    self._rename_encrypted(mount, (pfo, so, rel_o, vpath_o),
+                                           (pfn, sn, rel_n, vpath_n), st_o, flags)
+                else:
+                    _renameat2_call(pfo, so, pfn, sn, flags)
             finally:
                 os.close(pfn)
         finally:
@@ -1670,6 +1829,64 @@ class ViewFS(pyfuse3.Operations):
             self._moved(other, mount, rel_o, vpath_o)
         po.listing = None
         pn.listing = None
+
+    def _rename_encrypted(self, mount: Mount, old: tuple[int, str, str, str],
+                          new: tuple[int, str, str, str], st_o: os.stat_result,
+                          flags: int) -> None:
+        """Rename below an encrypted mount: rebind the file(s), then rename on the host.
+
+        A file's bound path is rewritten first and restored if the host rename fails (as
+        Gramine's LibOS does). Non-empty directories are not renamed (EXDEV): the files in
+        them are bound to their current paths.
+        """
+        pfo, so, rel_o, vpath_o = old
+        pfn, sn, rel_n, vpath_n = new
+        suffix = encfs.RECOVERY_SUFFIX
+        if so.endswith(suffix) or sn.endswith(suffix):
+            raise _fail(errno.ENOENT if so.endswith(suffix) else errno.EACCES)
+        exchange = bool(flags & pyfuse3.RENAME_EXCHANGE)
+        try:
+            st_t: os.stat_result | None = os.stat(sn, dir_fd=pfn, follow_symlinks=False)
+        except FileNotFoundError:
+            st_t = None
+        # (attributes, dir fd, name, current rel, new rel, current view path, new view path)
+        sides = [(st_o, pfo, so, rel_o, rel_n, vpath_o, vpath_n)]
+        if exchange and st_t is not None:
+            sides.append((st_t, pfn, sn, rel_n, rel_o, vpath_n, vpath_o))
+        for st, pfd, name, _, _, vpath, _ in sides:
+            if stat.S_ISDIR(st.st_mode):
+                dfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                              dir_fd=pfd)
+                try:
+                    empty = not os.listdir(dfd)
+                finally:
+                    os.close(dfd)
+                if not empty:
+                    log.info("not renaming non-empty directory %s of an encrypted mount "
+                             "(EXDEV: the files in it are bound to their paths)", vpath)
+                    raise _fail(errno.EXDEV)
+        rebound: list[tuple[encfs.EncFile, str, str, str]] = []
+        renamed = False
+        try:
+            for st, _, _, cur, dest, vpath, vdest in sides:
+                if stat.S_ISREG(st.st_mode):
+                    ef, _ = self.enc.acquire(mount, cur, vpath, expect=(st.st_dev, st.st_ino))
+                    rebound.append((ef, cur, dest, vdest))
+                    self.enc.rebind(ef, dest)
+            _renameat2_call(pfo, so, pfn, sn, flags)
+            renamed = True
+            if not exchange and st_t is not None and stat.S_ISREG(st_t.st_mode):
+                self.enc.unlinked(mount, pfn, sn, st_t)  # replaced
+            self.enc.moved([(ef, dest, vdest) for ef, _, dest, vdest in rebound])
+        except BaseException:
+            if not renamed:
+                for ef, cur, _, _ in rebound:
+                    with contextlib.suppress(pyfuse3.FUSEError):
+                        self.enc.rebind(ef, cur)
+            raise
+        finally:
+            for ef, *_ in rebound:
+                self.enc.release(ef)
 
     @_op
     async def setattr(self, inode: pyfuse3.InodeT, attr: pyfuse3.EntryAttributes,
@@ -1688,6 +1905,12 @@ class ViewFS(pyfuse3.Operations):
             return self._attr(node)
         if node.mount is None:
             raise _fail(errno.EPERM)
+        if node.kind is Kind.FILE and node.policy is Policy.ENCRYPTED:
+            if fields.update_size:
+                self._truncate_encrypted(node, fh, attr.st_size)
+            if fields.update_mode or fields.update_atime or fields.update_mtime:
+                self._set_meta(node, attr, fields)
+            return self._attr(node)
         if node.kind is Kind.FILE:
             if node.policy is Policy.TRUSTED:
                 log.error("refusing to change trusted file %s (host %s)", node.vpath, node.host)
@@ -1714,6 +1937,18 @@ class ViewFS(pyfuse3.Operations):
             self._set_meta(node, attr, fields)
         # update_uid / update_gid: accepted and ignored (ownership is not passed through)
         return self._attr(node)
+
+    def _truncate_encrypted(self, node: Node, fh: int | None, size: int) -> None:
+        h = self._handles.get(fh) if fh is not None else None
+        if h is not None and h.enc is not None:
+            self.enc.truncate(h.enc, size)
+            return
+        assert node.mount is not None
+        ef, _ = self.enc.acquire(node.mount, node.rel, node.vpath, expect=self._enc_ident(node))
+        try:
+            self.enc.truncate(ef, size)
+        finally:
+            self.enc.release(ef)
 
     def _set_meta(self, node: Node, attr: pyfuse3.EntryAttributes,
                   fields: pyfuse3.SetattrFields) -> None:
