@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import posixpath
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -59,6 +59,11 @@ def normalize_view_path(path: str) -> str:
 
 
 def _host_path(uri: str, base_dir: Path, where: str, *, schemes: tuple[str, ...]) -> Path:
+    return Path(_host_str(uri, str(base_dir), where, schemes=schemes))
+
+
+def _host_str(uri: str, base_dir: str, where: str, *, schemes: tuple[str, ...]) -> str:
+    """:func:`_host_path` as a string (a manifest may list ~10,000 trusted files)."""
     scheme, sep, rest = uri.partition(":")
     if not sep or scheme not in schemes:
         wanted = " or ".join(f'"{s}:..."' for s in schemes)
@@ -67,11 +72,30 @@ def _host_path(uri: str, base_dir: Path, where: str, *, schemes: tuple[str, ...]
         raise ManifestError(f"URI contains a NUL byte: {uri!r}", where=where)
     if rest == "":
         rest = "."
-    joined = posixpath.join(str(base_dir), rest)
+    joined = posixpath.join(base_dir, rest)
     norm = posixpath.normpath(joined)
     if norm.startswith("//"):
         norm = "/" + norm.lstrip("/")
-    return Path(norm)
+    return norm
+
+
+class _PathKeyed(Mapping[Path, str]):
+    """A read-only ``Path -> sha256`` view of a ``str -> sha256`` table (no Path per entry)."""
+
+    def __init__(self, by_str: Mapping[str, str]) -> None:
+        self._by_str = by_str
+
+    def __getitem__(self, key: Path) -> str:
+        return self._by_str[str(key)]
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, Path) and str(key) in self._by_str
+
+    def __iter__(self) -> Iterator[Path]:
+        return (Path(k) for k in self._by_str)
+
+    def __len__(self) -> int:
+        return len(self._by_str)
 
 
 @dataclass(frozen=True)
@@ -160,10 +184,16 @@ class ViewPlan:
     """Mount table and file policy of a view; see the module docstring."""
 
     mounts: tuple[Mount, ...]
-    trusted: Mapping[Path, str]
+    #: normalized absolute host path (as a string) -> sha256 hex
+    trusted_paths: Mapping[str, str]
     allowed: tuple[Path, ...]
     file_check_policy: str = "strict"
     start_dir: str = "/"
+
+    @property
+    def trusted(self) -> Mapping[Path, str]:
+        """:attr:`trusted_paths` keyed by :class:`Path`."""
+        return _PathKeyed(self.trusted_paths)
 
     # ------------------------------------------------------------------ construction
 
@@ -182,7 +212,8 @@ class ViewPlan:
         for i, raw in enumerate(raw_mounts):
             mounts.append(_parse_mount(raw, i + 1, base_dir))
 
-        trusted: dict[Path, str] = {}
+        trusted: dict[str, str] = {}
+        base_str = str(base_dir)
         raw_trusted = sgx.get("trusted_files", [])
         if not isinstance(raw_trusted, list):
             raise ManifestError(f"expected an array, got {raw_trusted!r}",
@@ -209,7 +240,7 @@ class ViewPlan:
             if not isinstance(sha, str) or not _SHA256_RE.fullmatch(sha):
                 raise ManifestError(f"sha256 of {uri!r} must be 64 hex digits, got {sha!r}",
                                     where=f"{where}.sha256")
-            host = _host_path(uri, base_dir, f"{where}.uri", schemes=("file",))
+            host = _host_str(uri, base_str, f"{where}.uri", schemes=("file",))
             sha = sha.lower()
             if trusted.get(host, sha) != sha:
                 raise ManifestError(f"{uri!r} is listed twice with different hashes",
@@ -241,7 +272,7 @@ class ViewPlan:
                                 where="fs.start_dir")
         return cls(
             mounts=tuple(mounts),
-            trusted=MappingProxyType(trusted),
+            trusted_paths=MappingProxyType(trusted),
             allowed=tuple(allowed),
             file_check_policy=policy,
             start_dir=normalize_view_path(start_dir),
@@ -281,7 +312,7 @@ class ViewPlan:
         return mount.host / rel if rel else mount.host
 
     def is_trusted(self, host_path: Path) -> bool:
-        return Path(posixpath.normpath(str(host_path))) in self.trusted
+        return posixpath.normpath(str(host_path)) in self.trusted_paths
 
     def is_allowed(self, host_path: Path) -> bool:
         """Gramine's rule: an allowed entry allows itself and everything below it."""

@@ -580,7 +580,7 @@ class ViewFS(pyfuse3.Operations):
         self.store_verified = True
         self.owner = owner
         self._strict = plan.file_check_policy == "strict"
-        self._trusted: dict[str, str] = {str(p): sha for p, sha in plan.trusted.items()}
+        self._trusted: Mapping[str, str] = plan.trusted_paths
         self._allowed: frozenset[str] = frozenset(str(p) for p in plan.allowed)
         self._start = time.time_ns()
         self._check_openat2()
@@ -588,6 +588,10 @@ class ViewFS(pyfuse3.Operations):
         att_type = tee.attestation_type if tee is not None else "none"
         self.keys: dict[str, bytes] = _insecure_keys(manifest)
         self.attestation = AttestationDir(att_type, self.keys)
+        if tee is not None:  # the backend's files: geode.runtime.attestation
+            from geode.runtime.attestation import add_files
+
+            add_files(self.attestation, tee)
 
         self._roots: dict[int, _Root] = {}
         self._visible = plan.visible_mounts
