@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from geode import __version__
-from geode.cli import argv_serializer, manifest, pf, quote, run, signing
+from geode.cli import argv_serializer, manifest, pf, quote, run, signing, tee
 from geode.cli.common import Command, invoke
 
 COMMANDS: tuple[Command, ...] = (
@@ -22,6 +22,7 @@ COMMANDS: tuple[Command, ...] = (
     signing.IDENTITY,
     pf.COMMAND,
     quote.COMMAND,
+    tee.COMMAND,
     argv_serializer.COMMAND,
 )
 

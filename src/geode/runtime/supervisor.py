@@ -239,8 +239,13 @@ def supervise(cfg: SandboxConfig, *, fs: Any, serve: Serve,
                     sandbox.kill()
 
         async def serve_view() -> None:
-            assert sandbox.fuse_fd is not None
+            assert sandbox.fuse_fd is not None and sandbox.init_pid is not None
             try:
+                if getattr(fs, "attestation", None) is not None:
+                    # FUSE requests carry pids of the sandbox's pid namespace
+                    from geode.runtime.attestation import bind_sandbox
+
+                    bind_sandbox(sandbox.init_pid)
                 await serve(fs, f"/dev/fd/{sandbox.fuse_fd}")
             except BaseException:
                 sandbox.kill()

@@ -12,6 +12,12 @@ not start (see :func:`geode.cli.run.choose_tee`).
 ``tdx``    Intel TDX guest: evidence through Linux configfs-tsm
 ``snp``    AMD SEV-SNP guest: evidence through Linux configfs-tsm
 =========  ============================================================================
+
+What a backend offers the view (``/dev/attestation``, see :mod:`geode.runtime.attestation`):
+``attestation_type``; :meth:`TeeBackend.evidence` behind ``quote`` when the type is not
+``none``; :meth:`TeeBackend.my_target_info` and :meth:`TeeBackend.report` behind
+``my_target_info``, ``target_info`` and ``report`` when :attr:`TeeBackend.local_attestation`
+(SGX-format local attestation: ``sim`` only). The constructions are in docs/attestation.md.
 """
 
 from __future__ import annotations
@@ -47,15 +53,46 @@ class EnclaveIdentity:
         return self.sigstruct.isv_svn if self.sigstruct else 0
 
 
+@dataclass(frozen=True)
+class Evidence:
+    """What ``/dev/attestation/quote`` returns, and certificates that came with it."""
+
+    quote: bytes
+    #: PEM certificates delivered with the evidence (SEV-SNP: the host's VCEK/VLEK, ASK and
+    #: ARK from configfs-tsm's auxblob); empty when there are none
+    certs: bytes = b""
+
+
 class TeeBackend:
     """The ``none`` backend; the base of the others."""
 
     name = "none"
     #: value of /dev/attestation/attestation_type
     attestation_type = "none"
+    #: SGX-format local attestation (target_info, my_target_info, report)
+    local_attestation = False
+    #: evidence comes with certificates (/dev/attestation/certs)
+    evidence_certs = False
 
     def __init__(self, identity: EnclaveIdentity) -> None:
         self.identity = identity
+
+    @property
+    def has_quote(self) -> bool:
+        """Whether ``/dev/attestation/quote`` exists (as in Gramine: type is not none)."""
+        return self.attestation_type != "none"
+
+    def evidence(self, user_report_data: bytes) -> Evidence:
+        """Remote-attestation evidence binding ``user_report_data`` (64 bytes)."""
+        raise GeodeError(f"the '{self.name}' TEE backend produces no attestation evidence")
+
+    def my_target_info(self) -> bytes:
+        """This program's 512-byte SGX TARGETINFO."""
+        raise GeodeError(f"the '{self.name}' TEE backend has no SGX local attestation")
+
+    def report(self, user_report_data: bytes, target_info: bytes) -> bytes:
+        """A 432-byte SGX REPORT for the enclave named by ``target_info``."""
+        raise GeodeError(f"the '{self.name}' TEE backend has no SGX local attestation")
 
     def seal_key(self, name: str) -> bytes:
         """The 16-byte sealing key ``name`` (one of :data:`SEAL_KEY_NAMES`)."""
@@ -74,5 +111,7 @@ def open_backend(name: str, identity: EnclaveIdentity) -> TeeBackend:
 
         return SimBackend(identity)
     if name in ("tdx", "snp"):
-        raise GeodeError(f"the '{name}' TEE backend is not available in this Geode build yet")
+        from geode.tee.tsm import TsmBackend
+
+        return TsmBackend(name, identity)
     raise GeodeError(f"unknown TEE backend {name!r} (expected none, sim, tdx or snp)")
