@@ -17,6 +17,7 @@ EXAMPLES = {
     "redis": "redis-server",
     "nginx": "nginx",
     "sqlite": "sqlite3",
+    "sqlite-encrypted": "sqlite3",
     "memcached": "memcached",
 }
 
