@@ -184,3 +184,30 @@ def test_none_backend_has_no_evidence() -> None:
 def test_sim_needs_a_sigstruct() -> None:
     with pytest.raises(GeodeError, match="signed manifest"):
         open_backend("sim", EnclaveIdentity(bytes(32)))
+
+
+def test_tee_cli_errors_are_one_line(tmp_path: Path, geode_env: dict[str, str]) -> None:
+    from conftest import run
+
+    cases = [
+        (["geode", "tee", "report-data"], "exactly one of --measurement and --sig"),
+        (["geode", "tee", "report-data", "--measurement", "00" * 32, "--user-data", "00" * 65],
+         "at most 64 bytes"),
+        (["geode", "tee", "report-data", "--measurement", "00" * 31], "32 bytes"),
+        (["geode", "tee", "verify-report", str(tmp_path / "missing"), "--sig", "x.sig"],
+         "cannot read"),
+    ]
+    (tmp_path / "short.report").write_bytes(bytes(100))
+    (tmp_path / "app.sig").write_bytes(identity(1).sigstruct.pack())  # type: ignore[union-attr]
+    cases.append((["geode", "tee", "verify-report", str(tmp_path / "short.report"), "--sig",
+                   str(tmp_path / "app.sig")], "expected 432"))
+    for cmd, message in cases:
+        proc = run(cmd, geode_env, check=False)
+        assert proc.returncode == 1, (cmd, proc.stdout, proc.stderr)
+        assert message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+        assert proc.stderr.startswith("geode: error: ")
+    rd = run(["geode", "tee", "report-data", "--measurement", "11" * 32, "--user-data", "ab"],
+             geode_env).stdout.strip()
+    m = bytes.fromhex("11" * 32)
+    assert rd == (hashlib.sha256(b"geode-tsm-report-data/1\0" + m + b"\xab".ljust(64, b"\0"))
+                  .digest() + m).hex()
