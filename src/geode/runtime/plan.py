@@ -62,6 +62,13 @@ def _host_path(uri: str, base_dir: Path, where: str, *, schemes: tuple[str, ...]
     return Path(_host_str(uri, str(base_dir), where, schemes=schemes))
 
 
+def _is_normal_abs(path: str) -> bool:
+    """True if ``posixpath.normpath`` would return ``path`` unchanged (and it is absolute)."""
+    return (path.startswith("/") and not path.startswith("//") and "//" not in path
+            and "/./" not in path and "/../" not in path and not path.endswith(("/", "/.", "/.."))
+            ) or path == "/"
+
+
 def _host_str(uri: str, base_dir: str, where: str, *, schemes: tuple[str, ...]) -> str:
     """:func:`_host_path` as a string (a manifest may list ~10,000 trusted files)."""
     scheme, sep, rest = uri.partition(":")
@@ -70,6 +77,8 @@ def _host_str(uri: str, base_dir: str, where: str, *, schemes: tuple[str, ...]) 
         raise ManifestError(f"expected a {wanted} URI, got {uri!r}", where=where)
     if "\0" in rest:
         raise ManifestError(f"URI contains a NUL byte: {uri!r}", where=where)
+    if _is_normal_abs(rest):
+        return rest  # the common case in rendered manifests: nothing to normalize
     if rest == "":
         rest = "."
     joined = posixpath.join(base_dir, rest)
