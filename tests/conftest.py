@@ -1,19 +1,13 @@
-"""Shared fixtures: a signing key, a private Geode library dir, paths of the repo and vectors."""
+"""Shared fixtures: a signing key and a private Geode library dir (helpers: geodetest.py)."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parent.parent
-VECTORS = REPO.parent / "shared" / "vectors"
-BIN = Path(sys.executable).parent
+from geodetest import BIN
 
 
 @pytest.fixture(scope="session")
@@ -29,19 +23,3 @@ def geode_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
     env.pop("CI", None)
     subprocess.run(["gramine-sgx-gen-private-key", "-q"], env=env, check=True)
     yield env
-
-
-def run(
-    args: list[str], env: dict[str, str], cwd: Path | None = None, check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def copy_example(name: str, dest: Path) -> Path:
-    target = dest / name
-    shutil.copytree(REPO / "examples" / name, target)
-    return target

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from conftest import REPO
+from geodetest import REPO
 
 
 def test_manifest_reference_is_current() -> None:

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import copy_example, run
+from geodetest import copy_example, run
 
 from geode.formats.pf import decrypt_bytes
 

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import copy_example, run
+from geodetest import copy_example, run
 
 EXAMPLES = {
     "helloworld": "helloworld",

@@ -7,7 +7,7 @@ import struct
 from pathlib import Path
 
 import pytest
-from conftest import run
+from geodetest import run
 
 from geode.measurement import (
     IDENTITY_HEADER,

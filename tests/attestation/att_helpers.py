@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import tomli_w
-from conftest import copy_example, run
+from geodetest import copy_example, run
 
 HERE = Path(__file__).resolve().parent
 

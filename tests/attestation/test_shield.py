@@ -22,7 +22,7 @@ from att_helpers import (
     sigstruct_view,
     start_standin,
 )
-from conftest import run
+from geodetest import run
 
 from geode.tee.sgx import ReportBody
 from geode.verify import parse_quote

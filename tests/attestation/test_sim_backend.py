@@ -187,7 +187,7 @@ def test_sim_needs_a_sigstruct() -> None:
 
 
 def test_tee_cli_errors_are_one_line(tmp_path: Path, geode_env: dict[str, str]) -> None:
-    from conftest import run
+    from geodetest import run
 
     cases = [
         (["geode", "tee", "report-data"], "exactly one of --measurement and --sig"),

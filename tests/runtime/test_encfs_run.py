@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import run
+from geodetest import run
 
 from geode.formats.pf import layout as L
 
