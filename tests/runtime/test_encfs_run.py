@@ -2,10 +2,11 @@
 write-back, with and without ``enable_recovery``.
 
 The program (Debian's python3 in the shield) overwrites an 8 MiB encrypted file again and
-again, generation after generation, with a recognisable pattern. The test watches the host
-file and kills the supervisor exactly while a write-back is half done: it freezes it with
-SIGSTOP when it sees the half-done state, checks that the state is still there, then sends
-SIGKILL (a real kill -9; nothing is simulated). A later run reads the file back:
+again, generation after generation, with a recognisable pattern, calling fsync every 2 MiB.
+The test watches the host file and kills the supervisor exactly while a write-back is half
+done: it freezes it with SIGSTOP when it sees the half-done state, checks that the state is
+still there, then sends SIGKILL (a real kill -9; nothing is simulated). A later run reads the
+file back:
 
 * with recovery, the pending-write flag is set at the kill; the next open replays the journal
   and the file holds what the last complete write-back left: generation g up to some byte and
@@ -59,6 +60,8 @@ elif mode == "write":
         gen += 1
         for i in range(0, n, 64):
             os.pwrite(fd, b"".join(block(gen, j) for j in range(i, min(i + 64, n))), i * 4096)
+            if (i + 64) % 512 == 0:
+                os.fsync(fd)  # every 2 MiB (a write-back; the view caches up to 16 MiB)
         print(gen, flush=True)
 elif mode == "read":
     try:

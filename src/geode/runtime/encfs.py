@@ -20,7 +20,8 @@ policy). What a program sees:
   like ``mv`` fall back to copying file by file.
 * **Sharing.** All handles of one host file (one inode) share one :class:`EncFile`: one host
   descriptor opened read-write (read-only if the host refuses writing), one
-  :class:`~geode.formats.pf.ProtectedFile` with a node cache of :data:`CACHE_NODES` nodes,
+  :class:`~geode.formats.pf.ProtectedFile` with a node cache of up to :data:`CACHE_NODES`
+  nodes (16 MiB; all open files together within :data:`CACHE_BUDGET`),
   reference-counted, kept open while any handle is open (Gramine's advice: files are opened by
   descriptor and their Merkle tree stays in memory), written back on ``fsync`` and when the
   last handle is released, and closed with the view.
@@ -29,6 +30,12 @@ policy). What a program sees:
   this one FUSE inode, whose page cache the kernel keeps coherent itself (write-through, pages
   of failed writes dropped, truncation cut). Only the first open of a file (a fresh
   ProtectedFile) asks the kernel to drop what it cached earlier; later opens keep the cache.
+  The kernel also drops a file's whole page cache whenever a ``stat`` shows a new
+  modification time, and the host file's time changes at every write-back (every ``fsync``):
+  so while a file is open its modification time is shown as it was when it was opened (or as
+  the program set it with ``utimes``), and the host's time again once it is closed. Without
+  this a database that syncs every transaction would re-read and re-decrypt its file after
+  each one. (Gramine's own ``stat`` times of encrypted files are not maintained either.)
 * **Keys**, looked up when a file is first opened (or created, renamed, truncated while
   closed): ``fs.insecure__keys.NAME``, anything the program (or secret provisioning) wrote to
   ``/dev/attestation/keys/NAME``, and the sealing keys ``_sgx_mrenclave`` / ``_sgx_mrsigner``
@@ -83,8 +90,13 @@ log = logging.getLogger("geode.fs")
 
 #: Gramine's name for the crash-recovery journal of ``<file>``: ``<file>.gramine.recovery``
 RECOVERY_SUFFIX = ".gramine.recovery"
-#: data nodes kept decrypted per open file (1 MiB of plaintext)
-CACHE_NODES = 256
+#: data nodes kept decrypted per open file: up to 16 MiB of plaintext (a database's working
+#: set; every node that falls out of the cache costs a host read and a decryption when it is
+#: touched again, and a 4 KiB write straddles two nodes), as long as the caches of all open
+#: files stay within CACHE_BUDGET nodes (128 MiB); never fewer than CACHE_MIN_NODES (1 MiB)
+CACHE_NODES = 4096
+CACHE_MIN_NODES = 256
+CACHE_BUDGET = 32768
 #: the sealing keys a TEE backend may derive (read-only in /dev/attestation/keys)
 SEAL_KEY_NAMES = ("_sgx_mrenclave", "_sgx_mrsigner")
 KEY_SIZE = 16
@@ -137,6 +149,9 @@ class EncFile:
     failed: bool = False
     unlinked: bool = False
     rec_ident: tuple[int, int] | None = field(default=None)
+    #: the modification time shown while the file is open (see the module docstring)
+    mtime_ns: int = 0
+    cache_nodes: int = CACHE_MIN_NODES
 
     @property
     def size(self) -> int:
@@ -254,9 +269,11 @@ class EncryptedFiles:
                 if m.enable_recovery and writable:
                     rec_fd = os.open(name + RECOVERY_SUFFIX, _OPEN_FLAGS | os.O_RDWR | os.O_CREAT,
                                      0o600, dir_fd=pfd)
+                used = sum(f.cache_nodes for f in self._files.values())
+                cache = max(CACHE_MIN_NODES, min(CACHE_NODES, CACHE_BUDGET - used))
                 try:
                     pf = self._open_pf(fd, key, bound_path(m, rel), label, new=created,
-                                       readonly=not writable, rec_fd=rec_fd)
+                                       readonly=not writable, rec_fd=rec_fd, cache=cache)
                 except BaseException:
                     if rec_fd is not None:
                         os.close(rec_fd)
@@ -270,7 +287,7 @@ class EncryptedFiles:
         finally:
             os.close(pfd)
         ef = EncFile(ident=ident, mount=m, rel=rel, label=label, pf=pf, fd=fd, rec_fd=rec_fd,
-                     writable=writable)
+                     writable=writable, mtime_ns=st.st_mtime_ns, cache_nodes=cache)
         if rec_fd is not None:
             rst = os.fstat(rec_fd)
             ef.rec_ident = (rst.st_dev, rst.st_ino)
@@ -288,10 +305,10 @@ class EncryptedFiles:
 
     @staticmethod
     def _open_pf(fd: int, key: bytes, path: str, label: str, *, new: bool, readonly: bool,
-                 rec_fd: int | None) -> ProtectedFile:
+                 rec_fd: int | None, cache: int) -> ProtectedFile:
         try:
             return ProtectedFile.open(fd, key=key, path=path, create=new, readonly=readonly,
-                                      cache_nodes=CACHE_NODES, name=label, recovery=rec_fd)
+                                      cache_nodes=cache, name=label, recovery=rec_fd)
         except PfError as e:
             log.error("encrypted file %s cannot be opened (%s): %s; access denied", label,
                       e.kind.value, e)
@@ -493,8 +510,16 @@ class EncryptedFiles:
         self._sizes[ck] = size
         return size
 
-    def forget_sizes(self) -> None:
-        self._sizes.clear()
+    def open_mtime(self, m: Mount, st: os.stat_result) -> int | None:
+        """The modification time to show for an open file (None: not open, use the host's)."""
+        ef = self._files.get((m.index, st.st_dev, st.st_ino))
+        return ef.mtime_ns if ef is not None else None
+
+    def set_mtime(self, m: Mount, st: os.stat_result, mtime_ns: int) -> None:
+        """The program set the modification time of (possibly open) file ``st``."""
+        ef = self._files.get((m.index, st.st_dev, st.st_ino))
+        if ef is not None:
+            ef.mtime_ns = mtime_ns
 
     @property
     def open_files(self) -> Mapping[tuple[int, int, int], EncFile]:

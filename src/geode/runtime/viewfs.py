@@ -1031,6 +1031,21 @@ class ViewFS(pyfuse3.Operations):
         finally:
             os.close(fd)
 
+    def _encrypted_attr(self, node: Node, st: os.stat_result,
+                        a: pyfuse3.EntryAttributes) -> None:
+        """Plaintext size; while the file is open, the modification time it had when opened
+        (the kernel drops the page cache of a file whose time changes; see encfs)."""
+        assert node.mount is not None
+        size = self.enc.plain_size(node.mount, node.rel, st)
+        if size is None:  # key not set yet, or not authentic: ask again next time
+            a.st_size = 0
+            a.attr_timeout = 0
+        else:
+            a.st_size = size
+        mtime = self.enc.open_mtime(node.mount, st)
+        if mtime is not None:
+            a.st_mtime_ns = mtime
+
     def _attr(self, node: Node, st: os.stat_result | None = None) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
         a.st_ino = node.ino
@@ -1049,19 +1064,13 @@ class ViewFS(pyfuse3.Operations):
             a.st_nlink = st.st_nlink
             a.st_uid, a.st_gid = self.owner if self.owner else (st.st_uid, st.st_gid)
             a.st_size = st.st_size
-            if node.policy is Policy.ENCRYPTED and node.kind is Kind.FILE:
-                assert node.mount is not None
-                size = self.enc.plain_size(node.mount, node.rel, st)
-                if size is None:  # key not set yet, or not authentic: ask again next time
-                    a.st_size = 0
-                    a.attr_timeout = 0
-                else:
-                    a.st_size = size
             a.st_blksize = st.st_blksize
             a.st_blocks = st.st_blocks
             a.st_atime_ns = st.st_atime_ns
             a.st_mtime_ns = st.st_mtime_ns
             a.st_ctime_ns = st.st_ctime_ns
+            if node.policy is Policy.ENCRYPTED and node.kind is Kind.FILE:
+                self._encrypted_attr(node, st, a)
             a.st_rdev = 0
             return a
         # virtual node
@@ -1914,6 +1923,9 @@ class ViewFS(pyfuse3.Operations):
                 self._truncate_encrypted(node, fh, attr.st_size)
             if fields.update_mode or fields.update_atime or fields.update_mtime:
                 self._set_meta(node, attr, fields)
+                st = self._stat(node)
+                if fields.update_mtime and st is not None:
+                    self.enc.set_mtime(node.mount, st, st.st_mtime_ns)
             return self._attr(node)
         if node.kind is Kind.FILE:
             if node.policy is Policy.TRUSTED:

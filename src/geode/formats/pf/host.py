@@ -112,7 +112,11 @@ class Host:
             raise self._fail("stat", e) from None
 
     def flush(self, sync: bool = False) -> None:
-        """Push buffered writes to the OS; with ``sync``, also to stable storage (fsync)."""
+        """Push buffered writes to the OS; with ``sync``, also to stable storage.
+
+        ``fdatasync``: the data and the size reach the disk, which is all a protected file
+        needs (its times do not matter); it is much cheaper than ``fsync`` on ext4.
+        """
         try:
             fd = self._fd
             if self._obj is not None:
@@ -123,6 +127,6 @@ class Host:
                     except (OSError, AttributeError, ValueError):
                         fd = None  # in-memory file objects have nothing to sync
             if sync and fd is not None:
-                os.fsync(fd)
+                os.fdatasync(fd)
         except OSError as e:
             raise self._fail("flush", e) from None
