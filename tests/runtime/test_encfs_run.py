@@ -263,3 +263,76 @@ def test_random_kills_never_yield_wrong_plaintext(app: App, tmp_path: Path) -> N
             run(app.args("init"), app.env, cwd=app.dir)
         else:
             shape(got)
+
+
+# ------------------------------------------------------------------------------------------
+# sealing keys end to end
+# ------------------------------------------------------------------------------------------
+
+SEAL_PROGRAM = """
+import os, sys
+mode, path = sys.argv[1], sys.argv[2]
+try:
+    if mode == "write":
+        with open(path, "wb") as f:
+            f.write(b"sealed by " + os.environ["WHO"].encode())
+    else:
+        sys.stdout.write(open(path, "rb").read().decode())
+except OSError as e:
+    sys.stdout.write(f"errno {e.errno}")
+"""
+
+SEAL_TEMPLATE = """
+libos.entrypoint = "/usr/bin/python3"
+loader.log_level = "error"
+loader.insecure__use_cmdline_argv = true
+loader.env.WHO = "{{ who }}"
+fs.mounts = [
+  { path = "/usr", uri = "file:/usr" },
+  { path = "/lib", uri = "file:/lib" },
+  { path = "/lib64", uri = "file:/lib64" },
+  { path = "/etc", uri = "file:/etc" },
+  { path = "/app", uri = "file:app" },
+  { type = "encrypted", path = "/enclave", uri = "file:enclave", key_name = "_sgx_mrenclave" },
+  { type = "encrypted", path = "/signer", uri = "file:signer", key_name = "_sgx_mrsigner" },
+]
+sgx.file_check_policy = "allow_all_but_log"
+sgx.enclave_size = "4G"
+sgx.max_threads = 64
+"""
+
+
+def test_sealing_key_mounts_with_the_sim_tee(tmp_path: Path, geode_env: dict[str, str]) -> None:
+    for d in ("app", "enclave", "signer"):
+        (tmp_path / d).mkdir()
+    (tmp_path / "app" / "prog.py").write_text(SEAL_PROGRAM)
+    (tmp_path / "app.manifest.template").write_text(SEAL_TEMPLATE)
+
+    def build(who: str) -> None:
+        run(["gramine-manifest", f"-Dwho={who}", "app.manifest.template", "app.manifest"],
+            geode_env, cwd=tmp_path)
+        run(["gramine-sgx-sign", "--manifest", "app.manifest", "--output",
+             "app.manifest.sgx"], geode_env, cwd=tmp_path)
+
+    def shield(*args: str, tee: str = "sim") -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["geode", "run", "--tee", tee, "app", "/app/prog.py", *args],
+                              cwd=tmp_path, env=geode_env, capture_output=True, text=True,
+                              timeout=120)
+
+    build("a")
+    # the none backend cannot seal: the start-up fails, naming the mount and the key
+    proc = shield("read", "/enclave/f", tee="none")
+    assert proc.returncode != 0 and proc.stdout == ""
+    assert "fs.mounts[5].key_name" in proc.stderr and "_sgx_mrenclave" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+    for mount in ("/enclave", "/signer"):
+        assert shield("write", f"{mount}/f").returncode == 0
+        assert shield("read", f"{mount}/f").stdout == "sealed by a"
+    raw = (tmp_path / "enclave" / "f").read_bytes()
+    assert b"sealed by" not in raw and len(raw) == 4096
+
+    # another build of the same signer: a new MRENCLAVE, the same MRSIGNER
+    build("b")
+    assert shield("read", "/signer/f").stdout == "sealed by a"
+    assert shield("read", "/enclave/f").stdout == f"errno {errno.EACCES}"
