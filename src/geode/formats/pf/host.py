@@ -76,8 +76,10 @@ class Host:
             first = items[i][0]
             if j - i == 1:
                 self.write(first * size, items[i][1])
-            elif self._fd is not None and j - i <= _IOV_MAX:
-                self._writev(first * size, [block for _, block in items[i:j]])
+            elif self._fd is not None:  # vectored, IOV_MAX blocks at a time: no copy
+                for k in range(i, j, _IOV_MAX):
+                    end = min(k + _IOV_MAX, j)
+                    self._writev(items[k][0] * size, [block for _, block in items[k:end]])
             else:
                 self.write(first * size, b"".join(block for _, block in items[i:j]))
             i = j
