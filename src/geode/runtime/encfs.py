@@ -183,7 +183,8 @@ class EncryptedFiles:
                     raise GeodeError(
                         f"encrypted mount {m.path} uses sealing key {name}, which the "
                         f"'{backend}' TEE backend cannot derive: run with --tee sim (development) "
-                        "or a hardware backend, or use a provisioned key",
+                        "or a hardware backend, or name a key the program or secret "
+                        "provisioning sets",
                         where=f"{m.where}.key_name")
                 raise GeodeError(f"encrypted mount {m.path} uses unknown special key {name} "
                                  f"(known: {', '.join(SEAL_KEY_NAMES)})",
