@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from geode import __version__
-from geode.cli import argv_serializer, manifest, pf, quote, run, signing, tee
+from geode.cli import argv_serializer, manifest, pf, quote, ratls, run, secret_prov, signing, tee
 from geode.cli.common import Command, invoke
 
 COMMANDS: tuple[Command, ...] = (
@@ -23,6 +23,8 @@ COMMANDS: tuple[Command, ...] = (
     pf.COMMAND,
     quote.COMMAND,
     tee.COMMAND,
+    ratls.COMMAND,
+    secret_prov.COMMAND,
     argv_serializer.COMMAND,
 )
 
