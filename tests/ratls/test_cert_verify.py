@@ -9,9 +9,9 @@ from pathlib import Path
 
 import cbor2
 import pytest
-from conftest import make_identity
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
+from ratls_helpers import make_identity
 
 from geode.errors import GeodeError
 from geode.ratls import cert as C

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import cbor2
 import pytest
-from conftest import ProvServer, make_identity
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
+from ratls_helpers import ProvServer, make_identity
 
 from geode.errors import GeodeError
 from geode.ratls import cert as C

@@ -373,6 +373,10 @@ def run(manifest: dict[str, Any], *, manifest_path: Path, host_args: list[str],
         identity = EnclaveIdentity(measure(dumps(manifest)), None, manifest)
     backend = open_backend(tee, identity)
     fs, root = _view_for(plan, manifest, (spec.uid, spec.gid), backend)
+    # SECRET_PROVISION_CONSTRUCTOR: provisioned before the program starts (keys into the view)
+    from geode.runtime.provision import provision_before_start
+
+    spec = provision_before_start(spec, plan, backend, fs.keys)
     cfg = sandbox_config(spec, root=root, mounts=kernel_mounts(plan))
     log.debug("tee backend: %s", tee)
     from geode.runtime import viewfs

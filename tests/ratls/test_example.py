@@ -1,0 +1,126 @@
+"""End to end: examples/ra-tls-secret-prov built and signed, python3 in the shield under
+``geode run --tee sim``. The server releases the encrypted input's key to this manifest's
+measurement and the program reads its input; a server expecting another manifest's
+measurement refuses and the program never starts. gramine-ratls and the self-provisioning
+API run inside the shield too."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import tomli_w
+from geodetest import copy_example, run
+from ratls_helpers import ProvServer, needs_fuse
+
+from geode.ratls.verify import RatlsPolicy, RatlsVerifier
+
+pytestmark = needs_fuse
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory: pytest.TempPathFactory, geode_env: dict[str, str]) -> Path:
+    app = copy_example("ra-tls-secret-prov", tmp_path_factory.mktemp("ratls-example"))
+    run(["make", "SGX=1", "all", "collateral"], geode_env, cwd=app)
+    return app
+
+
+def policy_env(measurement: str) -> dict[str, str]:
+    return {"RA_TLS_MRENCLAVE": measurement, "RA_TLS_MRSIGNER": "any",
+            "RA_TLS_ISV_PROD_ID": "5", "RA_TLS_ISV_SVN": "2"}
+
+
+def measure(path: Path, env: dict[str, str]) -> str:
+    return run(["geode", "measure", str(path)], env).stdout.strip()
+
+
+@pytest.fixture
+def granting(example: Path, geode_env: dict[str, str], tmp_path: Path) -> Iterator[ProvServer]:
+    srv = start(example, geode_env, tmp_path, measure(example / "python.manifest.sgx",
+                                                        geode_env))
+    yield srv
+    srv.stop()
+
+
+def start(app: Path, env: dict[str, str], tmp: Path, measurement: str) -> ProvServer:
+    tls = {"ca": app / "ca" / "ca.crt", "cert": app / "server" / "server.crt",
+           "key": app / "server" / "server.key"}
+    return ProvServer(tmp, (app / "server" / "secret.key").read_bytes(), "--collateral",
+                      str(app / "collateral"), "--allow-simulated",
+                      env={**env, **policy_env(measurement)}, tls=tls)
+
+
+def geode_run(app: Path, env: dict[str, str], port: int, *args: str
+              ) -> tuple[int, str, str]:
+    proc = run(["geode", "run", "--tee", "sim", "python", *args],
+               {**env, "SECRET_PROVISION_SERVERS": f"127.0.0.1:{port}"}, cwd=app, check=False)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_granted_for_the_right_measurement(example: Path, geode_env: dict[str, str],
+                                           granting: ProvServer) -> None:
+    code, out, err = geode_run(example, geode_env, granting.port, "/scripts/read-input.py")
+    assert code == 0, err
+    assert "input: the provisioned input" in out
+    (line,) = granting.wait_lines(1)
+    assert "granted" in line
+    assert f"measurement={measure(example / 'python.manifest.sgx', geode_env)}" in line
+    # on the host the input is ciphertext
+    assert b"provisioned" not in (example / "enc" / "input.txt").read_bytes()
+
+
+def test_refused_for_another_measurement(example: Path, geode_env: dict[str, str],
+                                         tmp_path: Path) -> None:
+    other = tmp_path / "other.manifest.sgx"
+    manifest = tomllib.loads((example / "python.manifest.sgx").read_text())
+    manifest["loader"]["log_level"] = "warning"  # another manifest: another measurement
+    other.write_text(tomli_w.dumps(manifest))
+    other_measurement = measure(other, geode_env)
+    assert other_measurement != measure(example / "python.manifest.sgx", geode_env)
+    srv = start(example, geode_env, tmp_path, other_measurement)
+    try:
+        code, out, err = geode_run(example, geode_env, srv.port, "/scripts/read-input.py")
+        assert code == 1
+        assert "input:" not in out  # the program never ran
+        assert "secret provisioning failed" in err and "without a secret" in err
+        (line,) = srv.wait_lines(1)
+        assert "refused: policy.mr_enclave" in line and other_measurement in line
+    finally:
+        srv.stop()
+
+
+def test_no_server_no_start(example: Path, geode_env: dict[str, str]) -> None:
+    code, out, err = geode_run(example, geode_env, 1, "/scripts/read-input.py")
+    assert code == 1 and "input:" not in out
+    assert "secret provisioning failed: 127.0.0.1:1" in err
+
+
+def test_gramine_ratls_and_self_provisioning_in_the_shield(
+        example: Path, geode_env: dict[str, str], granting: ProvServer, tmp_path: Path) -> None:
+    measurement = measure(example / "python.manifest.sgx", geode_env)
+    verifier = RatlsVerifier([example / "collateral"], allow_simulated=True,
+                             policy=RatlsPolicy(mr_enclave=measurement, isv_prod_id=5))
+    for flag in ("-D", "-P"):
+        code, out, err = geode_run(example, geode_env, granting.port, "-m", "geode.cli.ratls",
+                                   flag, "/tmp/crt", "/tmp/key", "--", "/usr/bin/python3.11",
+                                   "/scripts/show-cert.py", "/tmp/crt")
+        assert code == 0, err
+        data = bytes.fromhex(out.split("cert: ", 1)[1].split()[0])
+        if flag == "-P":
+            assert data.startswith(b"-----BEGIN CERTIFICATE-----")
+            from cryptography import x509
+            from cryptography.hazmat.primitives.serialization import Encoding
+
+            data = x509.load_pem_x509_certificate(data).public_bytes(Encoding.DER)
+        outcome = verifier.verify_der(data)
+        assert outcome.ok, outcome.reason
+        assert outcome.measurement == measurement
+    code, out, err = geode_run(example, geode_env, granting.port, "/scripts/self-provision.py")
+    assert code == 0, err
+    assert "self-provisioned 16 bytes; same as the constructor's key: True" in out
+    assert shutil.which("geode")
+    assert os.path.exists(example / "python.sig")
