@@ -21,7 +21,6 @@ import argparse
 import hashlib
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
