@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -124,3 +125,60 @@ def test_gramine_ratls_and_self_provisioning_in_the_shield(
     assert "self-provisioned 16 bytes; same as the constructor's key: True" in out
     assert shutil.which("geode")
     assert os.path.exists(example / "python.sig")
+
+
+@pytest.fixture(params=["tdx", "snp"])
+def standin(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, Path, Path]]:
+    """The configfs-tsm stand-in of the attestation tests (a FUSE file system playing the
+    kernel and the TEE): (backend, its mount, its collateral)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "attestation"))
+    from att_helpers import start_standin
+
+    tee = request.param
+    server, out = start_standin(tmp_path, {"tdx": "tdx_guest", "snp": "sev_guest"}[tee])
+    yield tee, server.mnt, out
+    server.stop()
+
+
+def test_tdx_and_snp_evidence_provisioned(example: Path, geode_env: dict[str, str],
+                                          standin: tuple[str, Path, Path],
+                                          tmp_path: Path) -> None:
+    tee, mnt, standin_collateral = standin
+    measurement = measure(example / "python.manifest.sgx", geode_env)
+    tls = {"ca": example / "ca" / "ca.crt", "cert": example / "server" / "server.crt",
+           "key": example / "server" / "server.key"}
+    # TDX/SNP evidence has no MRSIGNER or ISV fields: those must be "any"
+    env = {**geode_env, "RA_TLS_MRENCLAVE": measurement, "RA_TLS_MRSIGNER": "any",
+           "RA_TLS_ISV_PROD_ID": "any", "RA_TLS_ISV_SVN": "any"}
+    srv = ProvServer(tmp_path / "srv", (example / "server" / "secret.key").read_bytes(),
+                     "--collateral", str(standin_collateral), "--allow-simulated", env=env,
+                     tls=tls)
+    try:
+        proc = run(["geode", "run", "--tee", tee, "python", "/scripts/read-input.py"],
+                   {**geode_env, "GEODE_TSM_DIR": str(mnt),
+                    "SECRET_PROVISION_SERVERS": f"127.0.0.1:{srv.port}"},
+                   cwd=example, check=False)
+        assert proc.returncode == 0, proc.stderr + srv.log.read_text()
+        assert "input: the provisioned input" in proc.stdout
+        (line,) = srv.wait_lines(1)
+        assert f"{tee} measurement={measurement}" in line and "granted" in line
+    finally:
+        srv.stop()
+
+
+def test_the_input_needs_the_provisioned_key(example: Path, geode_env: dict[str, str],
+                                             tmp_path: Path) -> None:
+    """A server that grants another 16-byte key: the program starts, the input stays shut."""
+    tls = {"ca": example / "ca" / "ca.crt", "cert": example / "server" / "server.crt",
+           "key": example / "server" / "server.key"}
+    measurement = measure(example / "python.manifest.sgx", geode_env)
+    srv = ProvServer(tmp_path, os.urandom(16), "--collateral", str(example / "collateral"),
+                     "--allow-simulated", env={**geode_env, **policy_env(measurement)},
+                     tls=tls)
+    try:
+        code, out, err = geode_run(example, geode_env, srv.port, "/scripts/read-input.py")
+        assert code == 1
+        assert "cannot open the encrypted input: Permission denied" in out
+        assert "granted" in srv.wait_lines(1)[0]
+    finally:
+        srv.stop()
