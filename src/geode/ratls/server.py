@@ -165,6 +165,8 @@ class SecretProvServer:
                         outcome.reason, len(self.secret), extra)
         except (ConnectionError, ssl.SSLError, OSError) as e:
             self._refuse(who, what, "connection", f"connection error: {e}")
+        except Exception as e:  # noqa: BLE001 - one client must never stop the server
+            self._refuse(who, what, "internal", f"internal error: {e.__class__.__name__}: {e}")
         finally:
             writer.close()
             with contextlib.suppress(OSError, ssl.SSLError, TimeoutError):

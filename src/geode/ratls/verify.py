@@ -272,6 +272,9 @@ class RatlsVerifier:
         except Refused as r:
             out.ok = False
             out.reason = r.reason
+        except Exception as e:  # noqa: BLE001 - fail closed on anything unforeseen
+            out.ok = False
+            out.reason = f"cannot verify the certificate: {e.__class__.__name__}: {e}"
         return out
 
     def verify_certificate(self, cert: x509.Certificate) -> RatlsOutcome:
@@ -281,6 +284,9 @@ class RatlsVerifier:
         except Refused as r:
             out.ok = False
             out.reason = r.reason
+        except Exception as e:  # noqa: BLE001 - fail closed on anything unforeseen
+            out.ok = False
+            out.reason = f"cannot verify the certificate: {e.__class__.__name__}: {e}"
         return out
 
     # --- steps ---------------------------------------------------------------------------------
