@@ -182,3 +182,57 @@ def test_the_input_needs_the_provisioned_key(example: Path, geode_env: dict[str,
         assert "granted" in srv.wait_lines(1)[0]
     finally:
         srv.stop()
+
+
+def test_https_server_in_the_shield_with_an_attested_certificate(
+        example: Path, geode_env: dict[str, str]) -> None:
+    """gramine-ratls as a pre-main in front of a TLS server (the nginx use): a host client
+    verifies the server's certificate with the RA-TLS verifier before trusting it."""
+    import socket
+    import subprocess
+    import time
+
+    from geode.ratls.tls import ratls_server_client_context
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # the example's manifest provisions before start: its server must be up
+    srv_tls = {"ca": example / "ca" / "ca.crt", "cert": example / "server" / "server.crt",
+               "key": example / "server" / "server.key"}
+    measurement = measure(example / "python.manifest.sgx", geode_env)
+    prov = ProvServer(example / "prov-https", (example / "server" / "secret.key").read_bytes(),
+                      "--collateral", str(example / "collateral"), "--allow-simulated",
+                      env={**geode_env, **policy_env(measurement)}, tls=srv_tls)
+    proc = subprocess.Popen(
+        ["geode", "run", "--tee", "sim", "python", "-m", "geode.cli.ratls", "/tmp/crt",
+         "/tmp/key", "--", "/usr/bin/python3.11", "/scripts/https-server.py", "/tmp/crt",
+         "/tmp/key", str(port)],
+        env={**geode_env, "SECRET_PROVISION_SERVERS": f"127.0.0.1:{prov.port}"},
+        cwd=example, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        with raw, ratls_server_client_context().wrap_socket(raw) as tls:
+            outcome = RatlsVerifier([example / "collateral"], allow_simulated=True,
+                                    policy=RatlsPolicy(mr_enclave=measurement)).verify_der(
+                tls.getpeercert(binary_form=True))
+            assert outcome.ok, outcome.reason
+            tls.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            reply = b""
+            while chunk := tls.recv(100):
+                reply += chunk
+        assert b"hello from the shield" in reply
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        prov.stop()

@@ -100,3 +100,15 @@ def load_credentials(context: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -
     finally:
         with contextlib.suppress(OSError):
             os.unlink(path)
+
+
+def ratls_server_client_context() -> ssl.SSLContext:
+    """A client context for connecting to an RA-TLS *server*: no CA check (the certificate
+    is self-signed), so the caller must verify ``getpeercert(binary_form=True)`` with
+    :class:`geode.ratls.verify.RatlsVerifier` before sending anything that matters."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
