@@ -10,6 +10,8 @@ DEBIAN_PACKAGES=(
     fuse3 libfuse3-dev pkg-config gcc make
     # real programs the examples and tests run in the shield
     bash coreutils python3 redis-server redis-tools nginx-light sqlite3 memcached curl
+    # examples/ra-tls-secret-prov: cryptography for the shield's python3, openssl for its CA
+    python3-cryptography openssl
     # benchmarks
     wrk hyperfine
 )
