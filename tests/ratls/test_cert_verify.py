@@ -202,3 +202,26 @@ def test_tdx_evidence_binds_through_the_geode_construction(tmp_path: Path) -> No
     out = RatlsVerifier([tmp_path], allow_simulated=True, policy=RatlsPolicy()).verify_der(
         C.create(unbound).cert_der())
     assert not out.ok and "report_data does not bind" in out.reason
+
+
+def test_nonce_claim_and_validity_window(pkglib: Path, collateral: Path) -> None:
+    source = C.backend_source(SimBackend(make_identity(1)))
+    creds = C.create(source, nonce=b"fresh-nonce")
+    claims = cbor2.loads(cbor2.loads(creds.cert.extensions.get_extension_for_oid(
+        x509.ObjectIdentifier(C.OID_TAGGED_EVIDENCE)).value.value).value[1])  # type: ignore[attr-defined]
+    assert claims["nonce"] == b"fresh-nonce"
+    ok = RatlsVerifier([collateral], allow_simulated=True, policy=RatlsPolicy(),
+                       expected_nonce=b"fresh-nonce").verify_der(creds.cert_der())
+    assert ok.ok, ok.reason
+    out = RatlsVerifier([collateral], allow_simulated=True, policy=RatlsPolicy(),
+                        expected_nonce=b"another").verify_der(creds.cert_der())
+    assert not out.ok and "nonce" in out.reason
+    expired = C.create(source, env={C.NOT_BEFORE_ENV: "20200101000000",
+                                    C.NOT_AFTER_ENV: "20210101000000"})
+    out = RatlsVerifier([collateral], allow_simulated=True, policy=RatlsPolicy()).verify_der(
+        expired.cert_der())
+    assert not out.ok and "not valid at" in out.reason
+    at = datetime(2020, 6, 1, tzinfo=UTC)  # verification time inside the window
+    out = RatlsVerifier([collateral], allow_simulated=True, policy=RatlsPolicy(),
+                        at=at).verify_der(expired.cert_der())
+    assert "not valid at" not in out.reason
