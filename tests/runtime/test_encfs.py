@@ -18,7 +18,6 @@ import stat
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from typing import Any
 
 import pytest
 import tomli_w
+from geodetest import view_served_in_thread
 
 from geode.formats.pf import PfError, decrypt_bytes, encrypt_bytes
 from geode.formats.pf import layout as L
@@ -410,12 +410,11 @@ def test_wrong_key_is_eacces_and_names_the_file(start_view: StartView, base: Pat
 def test_sealing_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """_sgx_mrenclave / _sgx_mrsigner come from the TEE backend: read-only key files, usable
     as mount keys; a backend that cannot derive them stops the start-up."""
-    import trio
 
     from geode.errors import GeodeError
     from geode.formats.sigstruct import Sigstruct
     from geode.runtime.plan import ViewPlan
-    from geode.runtime.viewfs import ViewFS, serve
+    from geode.runtime.viewfs import ViewFS
     from geode.tee import EnclaveIdentity, TeeBackend
     from geode.tee.sim import SimBackend
 
@@ -436,26 +435,7 @@ def test_sealing_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fs = ViewFS(plan, m, tee=sim)
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    ready = threading.Event()
-    holder: dict[str, Any] = {}
-
-    async def main() -> None:
-        with trio.CancelScope() as cs:
-            holder["cs"] = cs
-            holder["token"] = trio.lowlevel.current_trio_token()
-            await serve(fs, mnt, ready=ready.set)
-
-    def thread() -> None:
-        try:
-            trio.run(main)
-        except BaseException as e:  # noqa: BLE001
-            holder["error"] = e
-            ready.set()
-
-    t = threading.Thread(target=thread, daemon=True)
-    t.start()
-    try:
-        assert ready.wait(30) and "error" not in holder, holder.get("error")
+    with view_served_in_thread(fs, mnt):
         keys = mnt / "dev" / "attestation" / "keys"
         assert sorted(os.listdir(keys)) == ["_sgx_mrenclave", "_sgx_mrsigner"]
         seal = (keys / "_sgx_mrenclave").read_bytes()
@@ -465,12 +445,6 @@ def test_sealing_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
             errno.EACCES
         (mnt / "sealed" / "s").write_bytes(b"sealed data")
         assert (mnt / "sealed" / "s").read_bytes() == b"sealed data"
-    finally:
-        if "token" in holder:
-            trio.from_thread.run_sync(holder["cs"].cancel, trio_token=holder["token"])
-        t.join(30)
-        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], stderr=subprocess.DEVNULL,
-                       check=False)
     assert not is_mounted(mnt)
     raw = (tmp_path / "sealed" / "s").read_bytes()  # written back when the view closed
     assert decrypt_bytes(raw, key=seal, path="sealed/s") == b"sealed data"

@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 import tomli_w
+from geodetest import view_served_in_thread
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None,
@@ -727,10 +728,9 @@ def test_python_runs_in_a_strict_view_with_few_requests(start_view: StartView,
 
 
 def test_serve_in_process_ready_and_clean_unmount(tmp_path: Path) -> None:
-    import trio
 
     from geode.runtime.plan import ViewPlan
-    from geode.runtime.viewfs import ViewFS, serve
+    from geode.runtime.viewfs import ViewFS
 
     root = tmp_path / "root"
     root.mkdir()
@@ -740,38 +740,11 @@ def test_serve_in_process_ready_and_clean_unmount(tmp_path: Path) -> None:
     manifest: dict[str, Any] = {"fs": {"root": {"uri": f"file:{root}"}},
                                 "sgx": {"trusted_files": [trusted(root / "f")]}}
     fs = ViewFS(ViewPlan.from_manifest(manifest, base_dir=tmp_path), manifest)
-    ready = threading.Event()
-    holder: dict[str, Any] = {}
-
-    async def main() -> None:
-        with trio.CancelScope() as cs:
-            holder["cs"] = cs
-            holder["token"] = trio.lowlevel.current_trio_token()
-            await serve(fs, mnt, ready=ready.set)
-
-    def thread() -> None:
-        try:
-            trio.run(main)
-        except BaseException as e:  # noqa: BLE001
-            holder["error"] = e
-            ready.set()
-
-    t = threading.Thread(target=thread, daemon=True)
-    t.start()
-    try:
-        assert ready.wait(30)
-        assert "error" not in holder, holder.get("error")
+    with view_served_in_thread(fs, mnt):
         assert is_mounted(mnt)
         assert (mnt / "f").read_text() == "data"
         assert fs.stats["open"] == 1
         assert fs.verified_bytes == 4
-    finally:
-        if "token" in holder:
-            trio.from_thread.run_sync(holder["cs"].cancel, trio_token=holder["token"])
-        t.join(30)
-        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], stderr=subprocess.DEVNULL,
-                       check=False)
-    assert not t.is_alive()
     assert not is_mounted(mnt)
 
 
