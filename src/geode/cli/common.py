@@ -23,6 +23,24 @@ class Command:
     handler: Handler
 
 
+def hex_arg(text: str) -> str:
+    """argparse type: a hex string (optional 0x), returned lowercase without the prefix."""
+    value = text.strip().lower().removeprefix("0x")
+    try:
+        bytes.fromhex(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not hex") from None
+    return value
+
+
+def rtmr_arg(text: str) -> tuple[int, str]:
+    """argparse type: ``N=HEX`` naming a TDX RTMR (N in 0..3)."""
+    index, sep, value = text.partition("=")
+    if not sep or index not in ("0", "1", "2", "3"):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected N=HEX with N in 0..3")
+    return int(index), hex_arg(value)
+
+
 def invoke(prog: str, handler: Handler, args: argparse.Namespace) -> int:
     """Run ``handler``; user errors become one line on stderr and exit status 1."""
     try:

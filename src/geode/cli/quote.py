@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from geode.cli.common import Command, invoke, run_single
+from geode.cli.common import Command, hex_arg, invoke, rtmr_arg, run_single
 from geode.errors import GeodeError
 
 # The fields printed first by ``view``, per kind; everything else follows.
@@ -109,22 +109,6 @@ def parse_at(text: str) -> datetime:
     return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
-def _hexarg(text: str) -> str:
-    value = text.strip().lower().removeprefix("0x")
-    try:
-        bytes.fromhex(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not hex") from None
-    return value
-
-
-def _rtmr(text: str) -> tuple[int, str]:
-    index, sep, value = text.partition("=")
-    if not sep or index not in ("0", "1", "2", "3"):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected N=HEX with N in 0..3")
-    return int(index), _hexarg(value)
-
-
 def _add_verify(parser: argparse.ArgumentParser) -> None:
     from geode.verify.collateral import TCB_STATUSES
 
@@ -147,16 +131,16 @@ def _add_verify(parser: argparse.ArgumentParser) -> None:
                         help="accept debug enclaves, TDs and guests")
     parser.add_argument("--allow-trailing", action="store_true",
                         help="accept bytes after the quote's signature data")
-    parser.add_argument("--expect-mrenclave", type=_hexarg, metavar="HEX")
-    parser.add_argument("--expect-mrsigner", type=_hexarg, metavar="HEX")
+    parser.add_argument("--expect-mrenclave", type=hex_arg, metavar="HEX")
+    parser.add_argument("--expect-mrsigner", type=hex_arg, metavar="HEX")
     parser.add_argument("--expect-isv-prod-id", type=int, metavar="N")
     parser.add_argument("--expect-isv-svn-min", type=int, metavar="N")
-    parser.add_argument("--expect-mrtd", type=_hexarg, metavar="HEX")
-    parser.add_argument("--expect-rtmr", type=_rtmr, action="append", default=[],
+    parser.add_argument("--expect-mrtd", type=hex_arg, metavar="HEX")
+    parser.add_argument("--expect-rtmr", type=rtmr_arg, action="append", default=[],
                         metavar="N=HEX", help="expected RTMR N (0..3); repeat")
-    parser.add_argument("--expect-measurement", type=_hexarg, metavar="HEX",
+    parser.add_argument("--expect-measurement", type=hex_arg, metavar="HEX",
                         help="expected SEV-SNP launch measurement")
-    parser.add_argument("--expect-report-data", type=_hexarg, metavar="HEX",
+    parser.add_argument("--expect-report-data", type=hex_arg, metavar="HEX",
                         help="expected report_data (shorter values are zero-padded to 64 B)")
     parser.add_argument("--pccs", metavar="URL",
                         help="also fetch Intel collateral (TCB info, QE identity, CRLs) from "

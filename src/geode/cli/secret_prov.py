@@ -17,38 +17,22 @@ import os
 import sys
 from pathlib import Path
 
-from geode.cli.common import Command
+from geode.cli.common import Command, hex_arg, rtmr_arg
 from geode.errors import GeodeError
-
-
-def _hexarg(text: str) -> str:
-    value = text.strip().lower().removeprefix("0x")
-    try:
-        bytes.fromhex(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not hex") from None
-    return value
-
-
-def _rtmr(text: str) -> tuple[int, str]:
-    index, sep, value = text.partition("=")
-    if not sep or index not in ("0", "1", "2", "3"):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected N=HEX with N in 0..3")
-    return int(index), _hexarg(value)
 
 
 def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("policy (default: the RA_TLS_* environment variables)")
-    g.add_argument("--mrenclave", type=_hexarg, metavar="HEX",
+    g.add_argument("--mrenclave", type=hex_arg, metavar="HEX",
                    help="Geode measurement (MRENCLAVE; on TDX/SNP the one the report data "
                    "binds)")
-    g.add_argument("--mrsigner", type=_hexarg, metavar="HEX")
+    g.add_argument("--mrsigner", type=hex_arg, metavar="HEX")
     g.add_argument("--isv-prod-id", type=int, metavar="N")
     g.add_argument("--isv-svn", type=int, metavar="N", help="minimum ISV SVN")
-    g.add_argument("--mrtd", type=_hexarg, metavar="HEX", help="TDX: expected MRTD")
-    g.add_argument("--rtmr", type=_rtmr, action="append", default=[], metavar="N=HEX",
+    g.add_argument("--mrtd", type=hex_arg, metavar="HEX", help="TDX: expected MRTD")
+    g.add_argument("--rtmr", type=rtmr_arg, action="append", default=[], metavar="N=HEX",
                    help="TDX: expected RTMR N; repeat")
-    g.add_argument("--snp-measurement", type=_hexarg, metavar="HEX",
+    g.add_argument("--snp-measurement", type=hex_arg, metavar="HEX",
                    help="SEV-SNP: expected launch measurement")
     g.add_argument("--allow-outdated-tcb", action="store_true",
                    help="as RA_TLS_ALLOW_OUTDATED_TCB_INSECURE=1")
