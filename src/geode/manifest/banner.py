@@ -25,6 +25,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from geode.manifest.schema import value_at
+
 __all__ = ["banner_text", "insecure_settings"]
 
 _QUIET_LOG_LEVELS = ("none", "error")
@@ -58,23 +60,14 @@ _INSECURE_FLAGS: tuple[tuple[str, str], ...] = (
 )
 
 
-def _get(manifest: Mapping[str, Any], dotted: str) -> Any:
-    node: Any = manifest
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def insecure_settings(manifest: Mapping[str, Any]) -> list[str]:
     """One line per insecure setting in ``manifest``; empty when there is none."""
     lines: list[str] = []
 
-    if _get(manifest, "sgx.debug") is True:
+    if value_at(manifest, "sgx.debug") is True:
         lines.append("sgx.debug = true: debug mode; the identity is marked as debuggable")
 
-    log_level = _get(manifest, "loader.log_level")
+    log_level = value_at(manifest, "loader.log_level")
     if isinstance(log_level, str) and log_level not in _QUIET_LOG_LEVELS:
         lines.append(
             f"loader.log_level = {json.dumps(log_level)}: verbose logging can reveal "
@@ -82,16 +75,16 @@ def insecure_settings(manifest: Mapping[str, Any]) -> list[str]:
         )
 
     for key, why in _INSECURE_FLAGS:
-        if _get(manifest, key) is True:
+        if value_at(manifest, key) is True:
             lines.append(f"{key} = true: {why}")
 
-    if _get(manifest, "sgx.file_check_policy") == "allow_all_but_log":
+    if value_at(manifest, "sgx.file_check_policy") == "allow_all_but_log":
         lines.append(
             'sgx.file_check_policy = "allow_all_but_log": files that are neither trusted nor '
             "allowed are used without verification (only logged)"
         )
 
-    allowed = _get(manifest, "sgx.allowed_files")
+    allowed = value_at(manifest, "sgx.allowed_files")
     if isinstance(allowed, list) and allowed:
         count = len(allowed)
         lines.append(
@@ -99,7 +92,7 @@ def insecure_settings(manifest: Mapping[str, Any]) -> list[str]:
             "used without verification"
         )
 
-    keys = _get(manifest, "fs.insecure__keys")
+    keys = value_at(manifest, "fs.insecure__keys")
     if isinstance(keys, Mapping) and keys:
         count = len(keys)
         lines.append(
@@ -107,7 +100,7 @@ def insecure_settings(manifest: Mapping[str, Any]) -> list[str]:
             "written in the manifest, readable by anyone who has it"
         )
 
-    if _get(manifest, "geode.tee") == "sim":
+    if value_at(manifest, "geode.tee") == "sim":
         lines.append(
             'geode.tee = "sim": simulated TEE; its evidence is signed with a key kept on this '
             "host and proves nothing about the hardware"

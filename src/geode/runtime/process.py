@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from geode.errors import ManifestError
+from geode.manifest.schema import value_at
 
 __all__ = [
     "DEFAULT_ENCLAVE_SIZE",
@@ -99,17 +100,8 @@ _ENV_NAME_RE = re.compile(r"[^=\0]+")
 # ---------------------------------------------------------------------------------------------
 
 
-def _get(manifest: Mapping[str, Any], dotted: str) -> Any:
-    node: Any = manifest
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def _bool(manifest: Mapping[str, Any], key: str, default: bool = False) -> bool:
-    value = _get(manifest, key)
+    value = value_at(manifest, key)
     if value is None:
         return default
     if not isinstance(value, bool):
@@ -118,7 +110,7 @@ def _bool(manifest: Mapping[str, Any], key: str, default: bool = False) -> bool:
 
 
 def _int(manifest: Mapping[str, Any], key: str, default: int, *, minimum: int = 0) -> int:
-    value = _get(manifest, key)
+    value = value_at(manifest, key)
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int):
@@ -129,7 +121,7 @@ def _int(manifest: Mapping[str, Any], key: str, default: int, *, minimum: int = 
 
 
 def _str(manifest: Mapping[str, Any], key: str) -> str | None:
-    value = _get(manifest, key)
+    value = value_at(manifest, key)
     if value is None:
         return None
     if not isinstance(value, str):
@@ -157,7 +149,7 @@ def parse_size(value: object, *, key: str) -> int:
 
 
 def _size(manifest: Mapping[str, Any], key: str, default: int) -> int:
-    value = _get(manifest, key)
+    value = value_at(manifest, key)
     return default if value is None else parse_size(value, key=key)
 
 
@@ -247,7 +239,7 @@ def resolve_argv(
         raise ManifestError("required key is missing", where="libos.entrypoint")
     use_cmdline = _bool(manifest, "loader.insecure__use_cmdline_argv")
     src_file = _str(manifest, "loader.argv_src_file")
-    argv_raw = _get(manifest, "loader.argv")
+    argv_raw = value_at(manifest, "loader.argv")
     if argv_raw is not None:
         if not isinstance(argv_raw, list) or not all(isinstance(a, str) for a in argv_raw):
             raise ManifestError(f"expected an array of strings, got {argv_raw!r}",
@@ -306,7 +298,7 @@ class _EnvEntry:
 
 
 def _manifest_env(manifest: Mapping[str, Any]) -> dict[str, _EnvEntry]:
-    table = _get(manifest, "loader.env")
+    table = value_at(manifest, "loader.env")
     if table is None:
         return {}
     if not isinstance(table, Mapping):
