@@ -7,11 +7,15 @@ and ``from conftest import`` would pick whichever was imported first.
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -75,3 +79,40 @@ def view_served_in_thread(fs: Any, mnt: Path, timeout: float = 30.0) -> Iterator
         subprocess.run(["fusermount3", "-u", "-z", str(mnt)], stderr=subprocess.DEVNULL,
                        check=False)
     assert not t.is_alive(), "the view server did not stop"
+
+
+def is_mounted(path: Path) -> bool:
+    target = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == target for line in f)
+
+
+@dataclass
+class View:
+    """A view served by ``python -m geode.runtime.viewfs`` in a subprocess (``start_view``)."""
+
+    mnt: Path
+    proc: subprocess.Popen[bytes]
+    log: Path
+    stats_file: Path
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def log_text(self) -> str:
+        return self.log.read_text()
+
+    def stop(self) -> dict[str, Any]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], stderr=subprocess.DEVNULL,
+                       check=False)
+        if self.stats_file.exists():
+            self.stats = json.loads(self.stats_file.read_text())
+        return self.stats
+
+
+StartView = Callable[..., View]

@@ -13,20 +13,16 @@ import errno
 import mmap
 import os
 import shutil
-import signal
 import stat
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import tomli_w
-from geodetest import view_served_in_thread
+from geodetest import StartView, View, is_mounted, view_served_in_thread
 
 from geode.formats.pf import PfError, decrypt_bytes, encrypt_bytes
 from geode.formats.pf import layout as L
@@ -40,71 +36,6 @@ KEY = bytes(range(16))
 OTHER_KEY = bytes(range(100, 116))
 NODE = 4096
 BIN = Path(sys.executable).parent
-
-
-def is_mounted(path: Path) -> bool:
-    target = os.path.realpath(path)
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == target for line in f)
-
-
-@dataclass
-class View:
-    mnt: Path
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    def log_text(self) -> str:
-        return self.log.read_text()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], stderr=subprocess.DEVNULL,
-                       check=False)
-
-
-StartView = Callable[..., View]
-
-
-@pytest.fixture
-def start_view(tmp_path: Path) -> Iterator[StartView]:
-    views: list[View] = []
-
-    def start(manifest: dict[str, Any], *, base_dir: Path | None = None) -> View:
-        n = len(views)
-        mnt = tmp_path / f"mnt{n}"
-        mnt.mkdir()
-        mfile = tmp_path / f"view{n}.toml"
-        mfile.write_text(tomli_w.dumps(manifest))
-        ready = tmp_path / f"ready{n}"
-        log = tmp_path / f"view{n}.log"
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "geode.runtime.viewfs", str(mfile), str(mnt),
-             "--base-dir", str(base_dir or tmp_path), "--ready-file", str(ready),
-             "--log-level", "info"],
-            stdout=subprocess.DEVNULL, stderr=open(log, "wb"))  # noqa: SIM115
-        view = View(mnt, proc, log)
-        views.append(view)
-        deadline = time.monotonic() + 30
-        while not ready.exists():
-            if proc.poll() is not None:
-                raise AssertionError(f"view server exited: {log.read_text()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"view did not come up: {log.read_text()}")
-            time.sleep(0.01)
-        return view
-
-    yield start
-    for v in views:
-        v.stop()
-    for v in views:
-        assert not is_mounted(v.mnt), f"stale mount at {v.mnt}"
 
 
 def manifest(*mounts: dict[str, Any], key: bytes | None = KEY,

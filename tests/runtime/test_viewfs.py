@@ -13,22 +13,18 @@ import json
 import os
 import pickle
 import shutil
-import signal
 import socket
 import stat
 import subprocess
-import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import tomli_w
-from geodetest import view_served_in_thread
+from geodetest import StartView, is_mounted, view_served_in_thread
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None,
@@ -50,78 +46,6 @@ def sha256_file(path: Path) -> str:
         while block := f.read(1 << 20):
             h.update(block)
     return h.hexdigest()
-
-
-def is_mounted(path: Path) -> bool:
-    target = os.path.realpath(path)
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == target for line in f)
-
-
-@dataclass
-class View:
-    mnt: Path
-    proc: subprocess.Popen[bytes]
-    log: Path
-    stats_file: Path
-    stats: dict[str, Any] = field(default_factory=dict)
-
-    def log_text(self) -> str:
-        return self.log.read_text()
-
-    def stop(self) -> dict[str, Any]:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], stderr=subprocess.DEVNULL,
-                       check=False)
-        if self.stats_file.exists():
-            self.stats = json.loads(self.stats_file.read_text())
-        return self.stats
-
-
-StartView = Callable[..., View]
-
-
-@pytest.fixture
-def start_view(tmp_path: Path) -> Iterator[StartView]:
-    views: list[View] = []
-
-    def start(manifest: dict[str, Any], *, base_dir: Path | None = None,
-              extra: tuple[str, ...] = ()) -> View:
-        n = len(views)
-        mnt = tmp_path / f"mnt{n}"
-        mnt.mkdir()
-        mfile = tmp_path / f"view{n}.toml"
-        mfile.write_text(tomli_w.dumps(manifest))
-        ready = tmp_path / f"ready{n}"
-        log = tmp_path / f"view{n}.log"
-        stats_file = tmp_path / f"stats{n}.json"
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "geode.runtime.viewfs", str(mfile), str(mnt),
-             "--base-dir", str(base_dir or tmp_path), "--ready-file", str(ready),
-             "--stats-file", str(stats_file), "--log-level", "info", *extra],
-            stdout=subprocess.DEVNULL, stderr=open(log, "wb"))  # noqa: SIM115
-        view = View(mnt, proc, log, stats_file)
-        views.append(view)
-        deadline = time.monotonic() + 30
-        while not ready.exists():
-            if proc.poll() is not None:
-                raise AssertionError(f"view server exited: {log.read_text()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"view did not come up: {log.read_text()}")
-            time.sleep(0.01)
-        return view
-
-    yield start
-    for v in views:
-        v.stop()
-    for v in views:
-        assert not is_mounted(v.mnt), f"stale mount at {v.mnt}"
 
 
 def in_view(mnt: Path, fn: Callable[[], Any]) -> Any:
