@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,12 +90,12 @@ def is_mounted(path: Path) -> bool:
 
 @dataclass
 class View:
-    """A view served by ``python -m geode.runtime.viewfs`` in a subprocess (``start_view``)."""
+    """A FUSE server in a subprocess (a view, or a stand-in), mounted at ``mnt``."""
 
     mnt: Path
     proc: subprocess.Popen[bytes]
     log: Path
-    stats_file: Path
+    stats_file: Path | None = None
     stats: dict[str, Any] = field(default_factory=dict)
 
     def log_text(self) -> str:
@@ -110,9 +111,21 @@ class View:
                 self.proc.wait()
         subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], stderr=subprocess.DEVNULL,
                        check=False)
-        if self.stats_file.exists():
+        if self.stats_file is not None and self.stats_file.exists():
             self.stats = json.loads(self.stats_file.read_text())
         return self.stats
 
 
 StartView = Callable[..., View]
+
+
+def wait_ready(ready: Path, proc: subprocess.Popen[bytes], log: Path,
+               timeout: float = 30.0) -> None:
+    """Wait until a server subprocess creates ``ready``; fail with its log if it dies."""
+    deadline = time.monotonic() + timeout
+    while not ready.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited: {log.read_text()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"server did not come up: {log.read_text()}")
+        time.sleep(0.01)

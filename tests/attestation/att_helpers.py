@@ -10,17 +10,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import tomli_w
-from geodetest import copy_example, run
+from geodetest import View, copy_example, run, wait_ready
 
 HERE = Path(__file__).resolve().parent
 
@@ -60,32 +57,8 @@ def quote_line(stdout: str) -> bytes:
     return bytes.fromhex(field(stdout, "quote"))
 
 
-def _wait_ready(ready: Path, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while not ready.exists():
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited: {log.read_text()}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"server did not come up: {log.read_text()}")
-        time.sleep(0.01)
-
-
-@dataclass
-class Server:
-    mnt: Path
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], stderr=subprocess.DEVNULL,
-                       check=False)
+#: a FUSE server subprocess (the view or the configfs-tsm stand-in)
+Server = View
 
 
 def start_view(tmp: Path, tee: str, sig: Path | None = None, env: dict[str, str] | None = None
@@ -106,7 +79,7 @@ def start_view(tmp: Path, tee: str, sig: Path | None = None, env: dict[str, str]
                             env=env)
     server = Server(mnt, proc, log)
     try:
-        _wait_ready(ready, proc, log)
+        wait_ready(ready, proc, log)
     except BaseException:
         server.stop()
         raise
@@ -124,7 +97,7 @@ def start_standin(tmp: Path, provider: str, race: int = 0) -> tuple[Server, Path
         stdout=subprocess.DEVNULL, stderr=open(log, "wb"))  # noqa: SIM115
     server = Server(mnt, proc, log)
     try:
-        _wait_ready(ready, proc, log)
+        wait_ready(ready, proc, log)
     except BaseException:
         server.stop()
         raise

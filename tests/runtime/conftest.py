@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import tomli_w
-from geodetest import StartView, View, is_mounted
+from geodetest import StartView, View, is_mounted, wait_ready
 
 
 @pytest.fixture
@@ -37,13 +36,7 @@ def start_view(tmp_path: Path) -> Iterator[StartView]:
             stdout=subprocess.DEVNULL, stderr=open(log, "wb"))  # noqa: SIM115
         view = View(mnt, proc, log, stats_file)
         views.append(view)
-        deadline = time.monotonic() + 30
-        while not ready.exists():
-            if proc.poll() is not None:
-                raise AssertionError(f"view server exited: {log.read_text()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"view did not come up: {log.read_text()}")
-            time.sleep(0.01)
+        wait_ready(ready, proc, log)
         return view
 
     yield start

@@ -260,22 +260,16 @@ class RatlsVerifier:
 
     def verify_der(self, cert_der: bytes | None) -> RatlsOutcome:
         """Verify a DER certificate (``getpeercert(binary_form=True)``)."""
-        out = RatlsOutcome()
+        if not cert_der:
+            return RatlsOutcome(reason="no client certificate")
         try:
-            if not cert_der:
-                raise Refused("no client certificate")
-            try:
-                cert = x509.load_der_x509_certificate(cert_der)
-            except ValueError as e:
-                raise Refused(f"not an X.509 certificate: {e}") from None
-            self._verify(cert, out)
-        except Refused as r:
-            out.ok = False
-            out.reason = r.reason
+            cert = x509.load_der_x509_certificate(cert_der)
+        except ValueError as e:
+            return RatlsOutcome(reason=f"not an X.509 certificate: {e}")
         except Exception as e:  # noqa: BLE001 - fail closed on anything unforeseen
-            out.ok = False
-            out.reason = f"cannot verify the certificate: {e.__class__.__name__}: {e}"
-        return out
+            return RatlsOutcome(
+                reason=f"cannot verify the certificate: {e.__class__.__name__}: {e}")
+        return self.verify_certificate(cert)
 
     def verify_certificate(self, cert: x509.Certificate) -> RatlsOutcome:
         out = RatlsOutcome()
