@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEBIAN_PACKAGES=(
-    # FUSE: kernel helper, headers to build pyfuse3
+    # FUSE: fusermount3; headers to build pyfuse3 for the tests' configfs-tsm stand-in
     fuse3 libfuse3-dev pkg-config gcc make
     # real programs the examples and tests run in the shield
     bash coreutils python3 redis-server redis-tools nginx-light sqlite3 memcached curl

@@ -43,27 +43,20 @@ def copy_example(name: str, dest: Path) -> Path:
 
 @contextlib.contextmanager
 def view_served_in_thread(fs: Any, mnt: Path, timeout: float = 30.0) -> Iterator[None]:
-    """Serve the view ``fs`` at ``mnt`` from a trio thread in this process for the body.
+    """Serve the view ``fs`` at ``mnt`` from a thread of this process for the body.
 
-    The body runs once the view answers; afterwards the server is cancelled (which unmounts)
-    and a lazy unmount sweeps up after a failure, so no test leaves a stale mount.
+    The body runs once the view answers; afterwards the view is unmounted, which ends the
+    server, and a lazy unmount sweeps up after a failure, so no test leaves a stale mount.
     """
-    import trio
-
+    from geode.runtime import fuse
     from geode.runtime.viewfs import serve
 
     ready = threading.Event()
     holder: dict[str, Any] = {}
 
-    async def main() -> None:
-        with trio.CancelScope() as cs:
-            holder["cs"] = cs
-            holder["token"] = trio.lowlevel.current_trio_token()
-            await serve(fs, mnt, ready=ready.set)
-
     def thread() -> None:
         try:
-            trio.run(main)
+            serve(fs, mnt, ready=ready.set)
         except BaseException as e:  # noqa: BLE001 - reported to the test below
             holder["error"] = e
             ready.set()
@@ -74,11 +67,9 @@ def view_served_in_thread(fs: Any, mnt: Path, timeout: float = 30.0) -> Iterator
         assert ready.wait(timeout) and "error" not in holder, holder.get("error")
         yield
     finally:
-        if "token" in holder:
-            trio.from_thread.run_sync(holder["cs"].cancel, trio_token=holder["token"])
+        fuse.unmount(str(mnt))
         t.join(timeout)
-        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], stderr=subprocess.DEVNULL,
-                       check=False)
+        subprocess.run(["umount", "-l", str(mnt)], stderr=subprocess.DEVNULL, check=False)
     assert not t.is_alive(), "the view server did not stop"
 
 

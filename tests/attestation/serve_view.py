@@ -13,9 +13,8 @@ import sys
 import tomllib
 from pathlib import Path
 
-import trio
-
 from geode.formats.sigstruct import Sigstruct
+from geode.runtime import fuse
 from geode.runtime.plan import ViewPlan
 from geode.runtime.viewfs import ViewFS, serve
 from geode.tee import EnclaveIdentity, open_backend
@@ -35,20 +34,13 @@ def main() -> int:
     fs = ViewFS(ViewPlan.from_manifest(manifest, base_dir=args.manifest.parent), manifest,
                 tee=open_backend(args.tee, identity))
 
-    async def run() -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async with trio.open_nursery() as nursery:
-                async def serve_then_stop() -> None:
-                    await serve(fs, args.mountpoint, ready=lambda: args.ready.write_text("ok"))
-                    nursery.cancel_scope.cancel()
+    def stop(signum: int, frame: object) -> None:
+        fuse.unmount(str(args.mountpoint))
 
-                nursery.start_soon(serve_then_stop)
-                async for _ in signals:
-                    nursery.cancel_scope.cancel()
-                    break
-
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     try:
-        trio.run(run)
+        serve(fs, args.mountpoint, ready=lambda: args.ready.write_text("ok"))
     finally:
         fs.close()
     return 0

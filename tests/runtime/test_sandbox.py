@@ -70,9 +70,9 @@ def sh(script: str, **extra: Any) -> dict[str, Any]:
 
 @pytest.fixture(autouse=True)
 def _restore_logging() -> Iterator[None]:
-    """run() configures the "geode" and "pyfuse3" loggers; leave them as we found them."""
+    """run() configures the "geode" logger; leave it as we found it."""
     saved = {}
-    for name in ("geode", "pyfuse3"):
+    for name in ("geode",):
         lg = logging.getLogger(name)
         saved[name] = (list(lg.handlers), list(lg.filters), lg.level, lg.propagate)
     yield

@@ -672,45 +672,48 @@ def test_serve_in_process_ready_and_clean_unmount(tmp_path: Path) -> None:
     assert not is_mounted(mnt)
 
 
-@pytest.mark.parametrize("delay", [0.0, 0.001, 0.02])
-def test_serve_cancelled_while_starting_leaves_no_mount(tmp_path: Path, delay: float) -> None:
-    import trio
-
+@pytest.mark.parametrize("stop", ["unmount", "ready-fails"])
+def test_serve_stopped_leaves_no_mount(tmp_path: Path, stop: str) -> None:
+    from geode.runtime import fuse
     from geode.runtime.plan import ViewPlan
     from geode.runtime.viewfs import ViewFS, serve
 
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     fs = ViewFS(ViewPlan.from_manifest({}, base_dir=tmp_path), {})
+    result: list[BaseException | None] = []
 
-    async def main() -> None:
-        with trio.move_on_after(delay):
-            await serve(fs, mnt)
-
-    done = threading.Event()
+    def ready() -> None:
+        if stop == "ready-fails":
+            raise RuntimeError("launcher failed")
+        fuse.unmount(str(mnt))  # as the SIGTERM handler of `python -m geode.runtime.viewfs`
 
     def thread() -> None:
         try:
-            trio.run(main)
-        finally:
-            done.set()
+            serve(fs, mnt, ready=ready)
+            result.append(None)
+        except BaseException as e:  # noqa: BLE001 - checked below
+            result.append(e)
 
-    threading.Thread(target=thread, daemon=True).start()
-    finished = done.wait(30)
-    if not finished:
-        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
-    assert finished, "serve() hung when cancelled"
+    t = threading.Thread(target=thread, daemon=True)
+    t.start()
+    t.join(30)
+    if t.is_alive():
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+    assert not t.is_alive(), "serve() hung when stopped"
     assert not is_mounted(mnt)
+    if stop == "ready-fails":
+        assert isinstance(result[0], RuntimeError)
+    else:
+        assert result == [None]
 
 
 def test_serve_refuses_a_missing_mountpoint(tmp_path: Path) -> None:
-    import trio
-
     from geode.errors import GeodeError
     from geode.runtime.plan import ViewPlan
     from geode.runtime.viewfs import ViewFS, serve
 
     fs = ViewFS(ViewPlan.from_manifest({}, base_dir=tmp_path), {})
     with pytest.raises(GeodeError, match="not a directory"):
-        trio.run(serve, fs, tmp_path / "nope")
+        serve(fs, tmp_path / "nope")
     fs.close()

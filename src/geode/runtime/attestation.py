@@ -42,9 +42,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import pyfuse3
-
 from geode.errors import GeodeError
+from geode.runtime import fuse
 from geode.runtime.viewfs import PseudoFile, PseudoHandle
 from geode.tee.sgx import REPORT_DATA_SIZE, REPORT_SIZE, TARGET_INFO_SIZE, fit
 
@@ -184,7 +183,7 @@ class Callers:
         return _start_time(key[0]) == key[1]
 
 
-#: the callers of this process's view (pyfuse3 serves one file system per process)
+#: the callers of this process's view (one view is served per process)
 CALLERS = Callers()
 
 
@@ -311,13 +310,13 @@ class GeneratedFile(PseudoFile):
 
     def open(self, pid: int, flags: int) -> PseudoHandle:
         if flags & os.O_ACCMODE != os.O_RDONLY:
-            raise pyfuse3.FUSEError(errno.EACCES)
+            raise fuse.FUSEError(errno.EACCES)
         state = self.table.get(pid)
         try:
             data = self.produce(state)
         except GeodeError as e:
             log.error("/dev/attestation/%s: %s", self.name, e)
-            raise pyfuse3.FUSEError(errno.EACCES) from None
+            raise fuse.FUSEError(errno.EACCES) from None
         return _SnapshotHandle(data)
 
 

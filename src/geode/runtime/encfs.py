@@ -69,11 +69,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import pyfuse3
-
 from geode.errors import GeodeError
 from geode.formats.pf import PfError, PfIOError, ProtectedFile, norm_path
 from geode.formats.pf import layout as L
+from geode.runtime import fuse
 from geode.runtime.plan import Mount
 
 __all__ = [
@@ -129,8 +128,8 @@ def derive_seal_keys(tee: Any) -> dict[str, bytes]:
     return keys
 
 
-def _fail(err: int) -> pyfuse3.FUSEError:
-    return pyfuse3.FUSEError(err)
+def _fail(err: int) -> fuse.FUSEError:
+    return fuse.FUSEError(err)
 
 
 @dataclass(eq=False)

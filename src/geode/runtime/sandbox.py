@@ -2,8 +2,8 @@
 
 Process tree::
 
-    supervisor (S)          the geode process: host namespaces, serves the FUSE view (trio)
-    └── outer helper (C)    forked from S before trio or pyfuse3 start; unshares user, mount,
+    supervisor (S)          the geode process: host namespaces, serves the FUSE view
+    └── outer helper (C)    forked from S before its FUSE threads start; unshares user, mount,
         │                   pid, uts and ipc namespaces; waits for its child, exits with its
         │                   status
         └── init (I)        PID 1 of the new pid namespace: builds the root, forks the
@@ -16,17 +16,17 @@ Why this shape:
 * **S stays in the host namespaces.** It reads host files with its own credentials (as root or
   as the invoking user) and never sees the sandbox's mounts, so no mount can outlive it on the
   host and S cannot deadlock on its own FUSE file system. It never calls ``unshare`` itself:
-  ``unshare(CLONE_NEWUSER)`` requires a single-threaded caller (S runs trio, pyfuse3 and their
-  worker threads), and after ``unshare(CLONE_NEWPID)`` a process can no longer create
-  threads. C is forked before trio starts, and a forked child has a single thread.
+  ``unshare(CLONE_NEWUSER)`` requires a single-threaded caller (S serves FUSE on threads),
+  and after ``unshare(CLONE_NEWPID)`` a process can no longer create threads. C is forked
+  before those threads start, and a forked child has a single thread.
 * **C exists because of ``CLONE_NEWPID``**: unsharing a pid namespace affects the caller's
   *children* only, so the first child of C is PID 1. C is also the only process that can hand
   S a race-free handle on I (a pidfd, passed over the control socket).
 * **The FUSE mount is made inside the sandbox.** A FUSE file system mounted in a user
   namespace must be mounted with a ``/dev/fuse`` descriptor opened in that namespace, so C
   opens ``/dev/fuse`` after ``unshare``, I mounts it, and passes the descriptor to S over
-  ``SCM_RIGHTS``; S serves it with pyfuse3 through libfuse's ``/dev/fd/N`` mountpoint
-  convention (libfuse neither mounts nor unmounts then). The mount exists only in the
+  ``SCM_RIGHTS``; S serves the descriptor (:mod:`geode.runtime.fuse`) and never mounts or
+  unmounts anything itself. The mount exists only in the
   sandbox's mount namespace and disappears with its last process.
 
 Identity. The program always runs in a fresh user namespace, also when Geode runs as root:

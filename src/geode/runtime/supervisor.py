@@ -9,9 +9,10 @@ The supervisor is the ``geode`` process itself. It
    what is missing;
 3. starts the sandbox (:class:`geode.runtime.sandbox.Sandbox`: fork while single-threaded,
    write the user-namespace id maps, receive PID 1's pidfd and the FUSE descriptor);
-4. runs trio: serves the FUSE view (pyfuse3 on the ``/dev/fuse`` descriptor PID 1 mounted
-   inside the sandbox, see :mod:`geode.runtime.sandbox`; the view's readahead is raised once
-   its device number is known), watches the control socket and PID 1, handles host signals;
+4. serves the FUSE view on worker threads (:mod:`geode.runtime.fuse` on the ``/dev/fuse``
+   descriptor PID 1 mounted inside the sandbox, see :mod:`geode.runtime.sandbox`; the view's
+   readahead is raised once its device number is known) while the main thread polls the
+   control socket, PID 1's pidfd and a signal wakeup pipe;
 5. returns the program's exit status (128+N if it died of signal N).
 
 Files in the view appear owned by the program's own ``loader.uid``/``loader.gid``, as in
@@ -38,18 +39,16 @@ import contextlib
 import errno
 import logging
 import os
+import select
 import signal
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from geode.errors import GeodeError, ManifestError
 from geode.runtime.process import ProcessSpec, process_spec
 from geode.runtime.sandbox import (
-    MS_NODEV,
-    MS_NOEXEC,
-    MS_NOSUID,
-    MS_RDONLY,
     FuseRoot,
     IdMapping,
     KernelMount,
@@ -61,7 +60,7 @@ from geode.runtime.sandbox import (
     preflight,
 )
 
-__all__ = ["configure_logging", "fuse_root", "kernel_mounts", "run", "serve_fd", "supervise"]
+__all__ = ["configure_logging", "fuse_root", "kernel_mounts", "run", "supervise"]
 
 log = logging.getLogger("geode")
 
@@ -77,7 +76,7 @@ LOG_LEVELS = {
 
 _TEARDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
-Serve = Callable[[Any, str], Awaitable[None]]
+Serve = Callable[[Any, int], None]
 
 
 class _RuntimeHandler(logging.Handler):
@@ -90,19 +89,6 @@ class _StreamHandler(logging.StreamHandler, _RuntimeHandler):  # type: ignore[ty
 
 class _FileHandler(logging.FileHandler, _RuntimeHandler):
     pass
-
-
-class _BenignReplyFilter(logging.Filter):
-    """pyfuse3 logs an error when the kernel no longer waits for a reply (ENOENT): requests
-    still in flight while the sandbox is torn down (typically RELEASE of the program's last
-    open files). That is expected; keep it out of the user's terminal."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        text = record.getMessage()
-        return not ("fuse_reply_" in text and os.strerror(errno.ENOENT) in text)
-
-
-_BENIGN = _BenignReplyFilter()
 
 
 def configure_logging(manifest: Mapping[str, Any]) -> None:
@@ -132,16 +118,6 @@ def configure_logging(manifest: Mapping[str, Any]) -> None:
     log.addHandler(handler)
     log.setLevel(LOG_LEVELS[level_name])
     log.propagate = False
-    # pyfuse3's own messages go to the same place, at the same level
-    fuse_log = logging.getLogger("pyfuse3")
-    for h in list(fuse_log.handlers):
-        if isinstance(h, _RuntimeHandler):
-            fuse_log.removeHandler(h)
-    fuse_log.addHandler(handler)
-    fuse_log.setLevel(LOG_LEVELS[level_name])
-    fuse_log.propagate = False
-    if _BENIGN not in fuse_log.filters:
-        fuse_log.addFilter(_BENIGN)
 
 
 def _under(path: str, prefix: str) -> bool:
@@ -183,62 +159,36 @@ def supervise(cfg: SandboxConfig, *, fs: Any, serve: Serve,
               on_mounted: Callable[[int], object] | None = None) -> int:
     """Start the sandbox described by ``cfg`` and supervise it until it exits.
 
-    ``serve(fs, mountpoint)`` serves the view (it is given ``/dev/fd/N``) and
-    ``on_mounted(st_dev)`` is called once the view's device number is known.
+    ``serve(fs, fd)`` serves the view on the ``/dev/fuse`` descriptor PID 1 mounted (on a
+    thread of its own; it returns when the connection ends) and ``on_mounted(st_dev)`` is
+    called once the view's device number is known.
     Returns the program's exit status; raises :class:`GeodeError` if the sandbox could not be
     built or the program could not be executed.
     """
-    import trio  # type: ignore[import-untyped,unused-ignore]  # only needed when running
-
     spec = cfg.spec
     log.debug("sandbox: %s argv=%r uid=%d gid=%d start_dir=%s mounts=%s", spec.path,
               list(spec.argv), spec.uid, spec.gid, spec.start_dir,
               [(m.kind, m.path) for m in cfg.mounts])
 
+    # Host signals are queued by the handler and acted on by the loop below (woken through
+    # the wakeup pipe), never in the middle of the loop's own work.
+    pending: list[int] = []
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    old_handlers = {s: signal.signal(s, lambda signum, frame: pending.append(signum))
+                    for s in _TEARDOWN_SIGNALS}
+    old_wakeup = signal.set_wakeup_fd(wake_w)
     sandbox = Sandbox(cfg)
+    server: threading.Thread | None = None
+    failure: list[BaseException] = []
     try:
         sandbox.start()  # on any failure it has killed and reaped its helpers
-    except KeyboardInterrupt:
-        sandbox.close()
-        return 128 + signal.SIGINT
-    except BaseException:
-        sandbox.close()
-        raise
-    result: dict[str, int] = {}
-
-    async def main() -> None:
+        if pending:
+            sandbox.kill()
+            sandbox.wait()
+            return 128 + pending[0]
         assert sandbox.ctl is not None and sandbox.pidfd is not None
-        injected = False
 
-        async def watch_ctl() -> None:
-            assert sandbox.ctl is not None
-            tuned = False
-            while not sandbox.eof:
-                await trio.lowlevel.wait_readable(sandbox.ctl)
-                sandbox.read_messages()
-                if not tuned and sandbox.fuse_dev is not None and on_mounted is not None:
-                    tuned = True
-                    on_mounted(sandbox.fuse_dev)
-                if sandbox.errors:
-                    sandbox.kill()
-                    return
-
-        async def watch_signals(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-            nonlocal injected
-            with trio.open_signal_receiver(*_TEARDOWN_SIGNALS) as signals:
-                task_status.started()
-                async for signum in signals:
-                    if signum == signal.SIGTERM and spec.sigterm_injection and not injected:
-                        injected = True
-                        log.warning("injecting host SIGTERM into the program (once)")
-                        sandbox.signal_program(signal.SIGTERM)
-                        continue
-                    log.warning("received %s: stopping the sandbox",
-                                signal.Signals(signum).name)
-                    result.setdefault("signal", signum)
-                    sandbox.kill()
-
-        async def serve_view() -> None:
+        def serve_view() -> None:
             assert sandbox.fuse_fd is not None and sandbox.init_pid is not None
             try:
                 if getattr(fs, "attestation", None) is not None:
@@ -246,37 +196,91 @@ def supervise(cfg: SandboxConfig, *, fs: Any, serve: Serve,
                     from geode.runtime.attestation import bind_sandbox
 
                     bind_sandbox(sandbox.init_pid)
-                await serve(fs, f"/dev/fd/{sandbox.fuse_fd}")
-            except BaseException:
+                serve(fs, sandbox.fuse_fd)
+            except BaseException as e:  # re-raised by the supervisor below
+                failure.append(e)
                 sandbox.kill()
-                raise
 
-        async with trio.open_nursery() as nursery:
-            await nursery.start(watch_signals)
-            nursery.start_soon(watch_ctl)
-            nursery.start_soon(serve_view)
-            await trio.lowlevel.wait_readable(sandbox.pidfd)
-            result["status"] = sandbox.wait()
-            nursery.cancel_scope.cancel()
-
-    try:
-        trio.run(main)
-    except KeyboardInterrupt:  # SIGINT before the signal receiver was installed
-        sandbox.kill()
-        sandbox.wait()
-        result["signal"] = signal.SIGINT
+        server = threading.Thread(target=serve_view, name="geode-view", daemon=True)
+        server.start()
+        status = _supervision_loop(sandbox, spec, pending, wake_r, on_mounted)
     except BaseException:
         sandbox.kill()
         sandbox.wait()
         raise
     finally:
+        signal.set_wakeup_fd(old_wakeup)
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+        os.close(wake_r)
+        os.close(wake_w)
         sandbox.read_messages()
+        if server is not None:
+            _stop_server(server, sandbox.fuse_dev)
         sandbox.close()
+    if failure:
+        raise failure[0]
     if sandbox.errors:
         raise SandboxError(sandbox.errors[0])
-    if "signal" in result:
-        return 128 + result["signal"]
-    return result["status"]
+    return status
+
+
+def _supervision_loop(sandbox: Sandbox, spec: ProcessSpec, pending: list[int], wake: int,
+                      on_mounted: Callable[[int], object] | None) -> int:
+    """Wait for PID 1 to exit, reading the control socket and acting on host signals.
+    Returns the exit status (128+N when the supervisor was stopped by signal N)."""
+    assert sandbox.ctl is not None and sandbox.pidfd is not None
+    ctl = sandbox.ctl.fileno()
+    poller = select.poll()
+    poller.register(ctl, select.POLLIN)
+    poller.register(sandbox.pidfd, select.POLLIN)
+    poller.register(wake, select.POLLIN)
+    injected, tuned, stopped_by = False, False, 0
+    while True:
+        # PID 1 reports the view's device number once it is mounted (during start() or later)
+        if not tuned and sandbox.fuse_dev is not None and on_mounted is not None:
+            tuned = True
+            on_mounted(sandbox.fuse_dev)
+        ready = {fd for fd, _ in poller.poll()}
+        if wake in ready:
+            with contextlib.suppress(BlockingIOError):
+                while os.read(wake, 64):
+                    pass
+        while pending:
+            signum = pending.pop(0)
+            if signum == signal.SIGTERM and spec.sigterm_injection and not injected:
+                injected = True
+                log.warning("injecting host SIGTERM into the program (once)")
+                sandbox.signal_program(signal.SIGTERM)
+                continue
+            log.warning("received %s: stopping the sandbox", signal.Signals(signum).name)
+            stopped_by = stopped_by or signum
+            sandbox.kill()
+        if ctl in ready and not sandbox.eof:
+            sandbox.read_messages()
+            if sandbox.errors:
+                sandbox.kill()
+            if sandbox.eof:
+                poller.unregister(ctl)
+            continue  # tune before blocking again
+        if sandbox.pidfd in ready:
+            status = sandbox.wait()
+            return 128 + stopped_by if stopped_by else status
+
+
+def _stop_server(server: threading.Thread, dev: int | None) -> None:
+    """Wait for the view's server to finish (it writes back encrypted files at the end).
+    The connection ends when the sandbox's mount namespace is gone; if a straggler keeps it
+    alive, abort it."""
+    from geode.runtime import fuse
+
+    server.join(5.0)
+    if server.is_alive() and dev is not None:
+        log.debug("aborting the view's FUSE connection")
+        fuse.abort(dev)
+        server.join(5.0)
+    if server.is_alive():
+        log.error("the view's file server did not stop")
 
 
 # --------------------------------------------------------------------------------------------
@@ -284,62 +288,20 @@ def supervise(cfg: SandboxConfig, *, fs: Any, serve: Serve,
 # --------------------------------------------------------------------------------------------
 
 
-_FLAG_OPTIONS = {"nodev": MS_NODEV, "nosuid": MS_NOSUID, "noexec": MS_NOEXEC, "ro": MS_RDONLY}
-_KERNEL_OPTIONS = ("allow_other", "default_permissions", "max_read", "blksize")
-
-
 def fuse_root(options: Sequence[str]) -> FuseRoot:
-    """Translate libfuse mount options (the view's ``MOUNT_OPTIONS``) into the kernel mount
-    PID 1 performs: ``fsname`` is the source, ``subtype`` the type suffix, ``nodev``-style
-    options become flags; options only libfuse understands are dropped."""
-    source, subtype, flags, kernel = "geode", "", 0, []
-    for opt in options:
-        key, _, value = opt.partition("=")
-        if key == "fsname":
-            source = value
-        elif key == "subtype":
-            subtype = value
-        elif key in _FLAG_OPTIONS:
-            flags |= _FLAG_OPTIONS[key]
-        elif key in _KERNEL_OPTIONS:
-            kernel.append(opt)
-    return FuseRoot(options=",".join(kernel), source=source,
-                    fstype=f"fuse.{subtype}" if subtype else "fuse",
-                    flags=flags | MS_NOSUID | MS_NODEV)
+    """The kernel mount PID 1 performs for libfuse-style mount ``options`` (the view's
+    ``MOUNT_OPTIONS``), see :func:`geode.runtime.fuse.mount_args`."""
+    from geode.runtime.fuse import mount_args
 
-
-async def serve_fd(fs: Any, mountpoint: str) -> None:
-    """Serve ``fs`` on an already mounted ``/dev/fuse`` descriptor (``mountpoint`` is
-    ``/dev/fd/N``): libfuse then neither mounts nor unmounts; the mount belongs to the
-    sandbox's mount namespace and disappears with it."""
-    import pyfuse3
-    import trio  # type: ignore[import-untyped,unused-ignore]
-
-    from geode.runtime import viewfs
-
-    try:
-        pyfuse3.init(fs, mountpoint, set(viewfs.MOUNT_OPTIONS))
-    except RuntimeError as e:
-        raise GeodeError(f"cannot serve the view with FUSE: {e}") from None
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(pyfuse3.main)
-    finally:
-        with trio.CancelScope(shield=True):
-            pyfuse3.close(unmount=False)
-            close = getattr(fs, "close", None)
-            if close is not None:
-                close()
+    source, fstype, flags, data = mount_args(options)
+    return FuseRoot(options=data, source=source, fstype=fstype, flags=flags)
 
 
 def _view_for(plan: Any, manifest: Mapping[str, Any],
               owner: tuple[int, int], tee: Any) -> tuple[Any, FuseRoot]:
     """The FUSE file system serving ``plan`` and how to mount it."""
-    try:
-        from geode.runtime import viewfs
-    except ImportError as e:  # pyfuse3/trio missing
-        raise GeodeError(f"the runtime needs pyfuse3 and trio ({e}); install geode[runtime]"
-                         ) from None
+    from geode.runtime import viewfs
+
     fs = viewfs.ViewFS(plan, manifest, owner=owner, tee=tee)
     return fs, fuse_root(viewfs.MOUNT_OPTIONS)
 
@@ -382,7 +344,7 @@ def run(manifest: dict[str, Any], *, manifest_path: Path, host_args: list[str],
     from geode.runtime import viewfs
 
     try:
-        return supervise(cfg, fs=fs, serve=serve_fd, on_mounted=viewfs.tune_readahead)
+        return supervise(cfg, fs=fs, serve=viewfs.serve_fd, on_mounted=viewfs.tune_readahead)
     except OSError as e:
         if e.errno in (errno.EPERM, errno.EACCES, errno.ENOSPC):
             raise GeodeError(f"cannot start the sandbox: {e}") from None

@@ -6,12 +6,15 @@ Interface for the launcher
 
     plan = ViewPlan.from_manifest(manifest, base_dir=...)   # geode.runtime.plan
     fs = ViewFS(plan, manifest)                               # opens the mounts' host dirs
-    await serve(fs, mountpoint, ready=cb)                     # inside trio, in the supervisor
+    serve_fd(fs, fd)                 # the supervisor: serve a /dev/fuse descriptor PID 1 mounted
+    serve(fs, mountpoint, ready=cb)  # tests, debugging: mount at a path and serve it
 
-``serve`` mounts the view at ``mountpoint`` (pyfuse3 keeps global state: one ``serve`` per
-process at a time), waits until the kernel has completed the FUSE handshake and answered a
-``stat`` of the mountpoint, then calls ``ready()``; it returns when the file system is
-unmounted from outside and unmounts it itself when cancelled. After ``ready`` the launcher
+``serve`` mounts the view at ``mountpoint`` (mount(2) itself: root or a user namespace is
+needed), waits until the kernel has completed the FUSE handshake and answered a ``stat`` of the
+mountpoint, then calls ``ready()``; it returns when the file system is unmounted (e.g. by
+``geode.runtime.fuse.unmount`` from a signal handler), and unmounts it itself when ``ready``
+raises. Both block the calling thread; requests are answered on threads of
+:class:`geode.runtime.fuse.Session`, one handler at a time. After ``ready`` the launcher
 uses ``mountpoint`` as the program's root and mounts, on top of the view's placeholders:
 kernel tmpfs at each ``plan.mounts`` entry of type ``tmpfs`` (their mount points are empty
 directories here; a chroot mount *below* a tmpfs mount is visible in the view at its path and
@@ -25,7 +28,7 @@ pseudo-files (extend it with :class:`PseudoFile` subclasses). ``fs.stats`` count
 requests per operation (``fs.verified_bytes``, ``fs.busy_ns``: bytes hashed at first opens,
 time spent in handlers). ``ViewFS(..., owner=(uid, gid))`` makes every file appear owned by
 that uid/gid (as numbered in the FUSE connection's user namespace; default: the host owner).
-``MOUNT_OPTIONS`` are the libfuse options ``serve`` mounts with; a launcher that mounts
+``MOUNT_OPTIONS`` are the libfuse-style options ``serve`` mounts with; a launcher that mounts
 ``/dev/fuse`` itself should use their kernel equivalents and may call
 :func:`tune_readahead` with the mount's device number, as ``serve`` does.
 
@@ -74,9 +77,10 @@ What the program sees
   FLUSH/xattr requests left unimplemented so that the kernel stops sending them. A trusted
   file of at most 16 MiB is pushed into the page cache (``notify_store``) right after it
   verified, from the very bytes that were hashed, so the program's reads of it never reach
-  Python; bigger files are read 1 MiB per request (readahead raised from 128 KiB; libfuse's
-  ``max_read`` option cannot be used, as pyfuse3 does not set the matching
-  ``conn.max_read``). Inode numbers are stable for the mount's lifetime per host (dev,
+  Python; bigger files are read 1 MiB per request (readahead raised from 128 KiB, and
+  ``max_pages`` negotiated to 256). Symlinks are cached by the kernel (``FUSE_CACHE_SYMLINKS``).
+  An open of an already verified trusted file touches no host file (the first read that
+  reaches the view opens it). Inode numbers are stable for the mount's lifetime per host (dev,
   inode).
 * ``default_permissions`` is deliberately *not* used: access is decided by the manifest
   policy (Gramine ignores host mode bits the same way and accesses files with the rights of
@@ -101,18 +105,16 @@ import posixpath
 import resource
 import stat
 import sys
+import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import pyfuse3
-import trio
-
 from geode.errors import GeodeError, ManifestError
-from geode.runtime import encfs
+from geode.runtime import encfs, fuse
 from geode.runtime.plan import Mount, ViewPlan, normalize_view_path
 
 __all__ = [
@@ -285,13 +287,13 @@ class PseudoHandle:
     """One open of a pseudo-file. Reads and writes are served by Python (direct I/O)."""
 
     def read(self, offset: int, size: int) -> bytes:
-        raise pyfuse3.FUSEError(errno.EACCES)
+        raise fuse.FUSEError(errno.EACCES)
 
     def write(self, offset: int, data: bytes) -> int:
-        raise pyfuse3.FUSEError(errno.EACCES)
+        raise fuse.FUSEError(errno.EACCES)
 
     def truncate(self, size: int) -> None:
-        raise pyfuse3.FUSEError(errno.EACCES)
+        raise fuse.FUSEError(errno.EACCES)
 
     def release(self) -> None:
         return None
@@ -309,7 +311,7 @@ class PseudoFile:
         return True
 
     def open(self, pid: int, flags: int) -> PseudoHandle:
-        raise pyfuse3.FUSEError(errno.EACCES)
+        raise fuse.FUSEError(errno.EACCES)
 
 
 class _BytesHandle(PseudoHandle):
@@ -331,7 +333,7 @@ class StaticPseudoFile(PseudoFile):
 
     def open(self, pid: int, flags: int) -> PseudoHandle:
         if flags & os.O_ACCMODE != os.O_RDONLY:
-            raise pyfuse3.FUSEError(errno.EACCES)
+            raise fuse.FUSEError(errno.EACCES)
         return _BytesHandle(self.data)
 
 
@@ -348,13 +350,13 @@ class _KeyHandle(PseudoHandle):
         if offset != 0 or len(data) != KEY_SIZE:
             log.warning("refusing to set /dev/attestation/keys/%s: %d bytes at offset %d "
                         "(a key is %d bytes)", self.name, len(data), offset, KEY_SIZE)
-            raise pyfuse3.FUSEError(errno.EACCES)
+            raise fuse.FUSEError(errno.EACCES)
         self.keys[self.name] = bytes(data)
         return len(data)
 
     def truncate(self, size: int) -> None:
         if size != 0:
-            raise pyfuse3.FUSEError(errno.EACCES)
+            raise fuse.FUSEError(errno.EACCES)
 
 
 class KeyFile(PseudoFile):
@@ -379,11 +381,11 @@ class KeyFile(PseudoFile):
 
     def open(self, pid: int, flags: int) -> PseudoHandle:
         if flags & os.O_ACCMODE == os.O_RDONLY and self.name not in self.keys:
-            raise pyfuse3.FUSEError(errno.ENOENT)
+            raise fuse.FUSEError(errno.ENOENT)
         if flags & os.O_ACCMODE != os.O_RDONLY and self.name.startswith("_"):
             log.warning("refusing to write /dev/attestation/keys/%s: special keys are "
                         "read-only", self.name)
-            raise pyfuse3.FUSEError(errno.EACCES)
+            raise fuse.FUSEError(errno.EACCES)
         return _KeyHandle(self.keys, self.name)
 
 
@@ -459,13 +461,13 @@ class Node:
     timeout: float = STABLE_TIMEOUT
     permanent: bool = False
     lookups: int = 0
-    parent: int = pyfuse3.ROOT_INODE
+    parent: int = fuse.ROOT_INODE
     role: str | None = None  # "attestation" or "keys" for those pseudo directories
     target: str | None = None  # virtual symlink target
     pseudo: PseudoFile | None = None
     chunks: bytes | None = None  # trusted: per-chunk hash table once verified
     vstat: os.stat_result | None = None  # trusted: attributes frozen at verification
-    lock: trio.Lock | None = None
+    lock: threading.Lock | None = None
     handles: set[int] = field(default_factory=set)
     listing: list[tuple[str, Any]] | None = None
     listing_expiry: float = 0.0
@@ -515,7 +517,7 @@ def _join_view(vpath: str, name: str) -> str:
     return f"{vpath}/{name}" if vpath != "/" else f"/{name}"
 
 
-_F = TypeVar("_F", bound=Callable[..., Awaitable[Any]])
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def _op(fn: _F) -> _F:
@@ -523,26 +525,26 @@ def _op(fn: _F) -> _F:
     name = fn.__name__
 
     @functools.wraps(fn)
-    async def wrapper(self: ViewFS, *args: Any) -> Any:
+    def wrapper(self: ViewFS, *args: Any) -> Any:
         self.stats[name] += 1
         t0 = time.perf_counter_ns()
         try:
-            return await fn(self, *args)
-        except pyfuse3.FUSEError:
+            return fn(self, *args)
+        except fuse.FUSEError:
             raise
         except OSError as e:
-            raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
+            raise fuse.FUSEError(e.errno or errno.EIO) from None
         except Exception:
             log.exception("internal error in %s", name)
-            raise pyfuse3.FUSEError(errno.EIO) from None
+            raise fuse.FUSEError(errno.EIO) from None
         finally:
             self.busy_ns += time.perf_counter_ns() - t0
 
     return wrapper  # type: ignore[return-value]
 
 
-def _fail(err: int) -> pyfuse3.FUSEError:
-    return pyfuse3.FUSEError(err)
+def _fail(err: int) -> fuse.FUSEError:
+    return fuse.FUSEError(err)
 
 
 _HOST_OPEN_FLAGS = os.O_ACCMODE | os.O_APPEND | os.O_TRUNC | os.O_SYNC | os.O_DSYNC
@@ -559,12 +561,8 @@ def _encrypted(mount: Mount | None) -> bool:
 # ------------------------------------------------------------------------------------------
 
 
-class ViewFS(pyfuse3.Operations):
+class ViewFS(fuse.Operations):
     """FUSE operations of one view; see the module docstring."""
-
-    supports_dot_lookup = False
-    enable_writeback_cache = False
-    enable_acl = False
 
     def __init__(self, plan: ViewPlan, manifest: Mapping[str, Any], *,
                  owner: tuple[int, int] | None = None, tee: Any = None) -> None:
@@ -609,11 +607,40 @@ class ViewFS(pyfuse3.Operations):
         self._nodes: dict[int, Node] = {}
         self._by_key: dict[tuple[Any, ...], Node] = {}
         self._inos: dict[tuple[Any, ...], int] = {}
-        self._next_ino = pyfuse3.ROOT_INODE + 1
+        self._next_ino = fuse.ROOT_INODE + 1
         self._handles: dict[int, _Handle] = {}
         self._dirs: dict[int, _Dir] = {}
         self._next_fh = 1
+        #: the FUSE connection serving this view (set by fuse.Session at the handshake)
+        self._session: fuse.Session | None = None
         self._make_root()
+
+    # ------------------------------------------------------------------ connection
+
+    def init(self, session: fuse.Session) -> None:
+        self._session = session
+
+    def _released(self) -> contextlib.AbstractContextManager[None]:
+        """Let other requests run while this handler blocks (see fuse.Session.lock)."""
+        if self._session is None:
+            return contextlib.nullcontext()
+        return self._session.released()
+
+    @contextlib.contextmanager
+    def _node_locked(self, lock: threading.Lock) -> Iterator[None]:
+        """Hold a per-node lock; waiting for it lets other requests run."""
+        if not lock.acquire(blocking=False):
+            with self._released():
+                lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def _notify_store(self, ino: int, offset: int, data: bytes | memoryview) -> None:
+        if self._session is None:
+            raise OSError(errno.ENOSYS, "not served")
+        self._session.notify_store(ino, offset, data)
 
     # ------------------------------------------------------------------ setup
 
@@ -746,8 +773,8 @@ class ViewFS(pyfuse3.Operations):
             key: tuple[Any, ...] = ("d", mount.index, st.st_dev, st.st_ino)
         else:
             key = ("v", "/")
-        self._inos[key] = pyfuse3.ROOT_INODE
-        node = self._dir_node(key, "/", mount if key[0] == "d" else None, "", pyfuse3.ROOT_INODE)
+        self._inos[key] = fuse.ROOT_INODE
+        node = self._dir_node(key, "/", mount if key[0] == "d" else None, "", fuse.ROOT_INODE)
         node.permanent = True
         node.lookups = 1
 
@@ -1032,7 +1059,7 @@ class ViewFS(pyfuse3.Operations):
             os.close(fd)
 
     def _encrypted_attr(self, node: Node, st: os.stat_result,
-                        a: pyfuse3.EntryAttributes) -> None:
+                        a: fuse.EntryAttributes) -> None:
         """Plaintext size; while the file is open, the modification time it had when opened
         (the kernel drops the page cache of a file whose time changes; see encfs)."""
         assert node.mount is not None
@@ -1046,8 +1073,8 @@ class ViewFS(pyfuse3.Operations):
         if mtime is not None:
             a.st_mtime_ns = mtime
 
-    def _attr(self, node: Node, st: os.stat_result | None = None) -> pyfuse3.EntryAttributes:
-        a = pyfuse3.EntryAttributes()
+    def _attr(self, node: Node, st: os.stat_result | None = None) -> fuse.EntryAttributes:
+        a = fuse.EntryAttributes()
         a.st_ino = node.ino
         a.generation = 0
         a.entry_timeout = node.timeout
@@ -1146,8 +1173,8 @@ class ViewFS(pyfuse3.Operations):
                              parent, pseudo=self.attestation.key_file(name), timeout=0.0)
 
     @_op
-    async def lookup(self, parent_inode: pyfuse3.InodeT, name: bytes,
-                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    def lookup(self, parent_inode: fuse.InodeT, name: bytes,
+                     ctx: fuse.RequestContext) -> fuse.EntryAttributes:
         parent = self._get(parent_inode)
         if parent.kind is not Kind.DIR:
             raise _fail(errno.ENOTDIR)
@@ -1155,7 +1182,7 @@ class ViewFS(pyfuse3.Operations):
         if found is None:
             if parent.role is not None:
                 raise _fail(errno.ENOENT)  # not cached: keys come and go
-            neg = pyfuse3.EntryAttributes()
+            neg = fuse.EntryAttributes()
             neg.st_ino = 0
             neg.entry_timeout = parent.timeout
             return neg
@@ -1164,7 +1191,7 @@ class ViewFS(pyfuse3.Operations):
         node.lookups += 1
         return attr
 
-    async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
+    def forget(self, inode_list: Sequence[tuple[fuse.InodeT, int]]) -> None:
         self.stats["forget"] += 1
         try:
             for ino, count in inode_list:
@@ -1180,12 +1207,12 @@ class ViewFS(pyfuse3.Operations):
             log.exception("internal error in forget")
 
     @_op
-    async def getattr(self, inode: pyfuse3.InodeT,
-                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    def getattr(self, inode: fuse.InodeT,
+                      ctx: fuse.RequestContext) -> fuse.EntryAttributes:
         return self._attr(self._get(inode))
 
     @_op
-    async def readlink(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> bytes:
+    def readlink(self, inode: fuse.InodeT, ctx: fuse.RequestContext) -> bytes:
         node = self._get(inode)
         if node.kind is not Kind.LINK:
             raise _fail(errno.EINVAL)
@@ -1199,8 +1226,8 @@ class ViewFS(pyfuse3.Operations):
             os.close(fd)
 
     @_op
-    async def access(self, inode: pyfuse3.InodeT, mode: int,
-                     ctx: pyfuse3.RequestContext) -> bool:
+    def access(self, inode: fuse.InodeT, mode: int,
+                     ctx: fuse.RequestContext) -> bool:
         node = self._get(inode)
         if node.kind is Kind.FILE:
             if node.policy is Policy.ENCRYPTED:
@@ -1255,7 +1282,7 @@ class ViewFS(pyfuse3.Operations):
         return entries
 
     @_op
-    async def opendir(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> int:
+    def opendir(self, inode: fuse.InodeT, ctx: fuse.RequestContext) -> int:
         node = self._get(inode)
         if node.kind is not Kind.DIR:
             raise _fail(errno.ENOTDIR)
@@ -1285,18 +1312,18 @@ class ViewFS(pyfuse3.Operations):
                                _join_view(parent.vpath, name), st, parent.ino, dirfd)
 
     @_op
-    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+    def readdir(self, fh: int, start_id: int, token: fuse.ReaddirToken) -> None:
         d = self._dirs.get(fh)
         if d is None:
             raise _fail(errno.EBADF)
         node = d.node
         if start_id == 0:
-            if not pyfuse3.readdir_reply(token, b".", self._attr(node), 1):
+            if not fuse.readdir_reply(token, b".", self._attr(node), 1):
                 return
             start_id = 1
         if start_id == 1:
             parent = self._nodes.get(node.parent, node)
-            if not pyfuse3.readdir_reply(token, b"..", self._attr(parent), 2):
+            if not fuse.readdir_reply(token, b"..", self._attr(parent), 2):
                 return
             start_id = 2
         dirfd_cache: list[int] = []
@@ -1312,9 +1339,9 @@ class ViewFS(pyfuse3.Operations):
                 child, st = found
                 try:
                     attr = self._attr(child, st)
-                except (OSError, pyfuse3.FUSEError):
+                except (OSError, fuse.FUSEError):
                     continue
-                if not pyfuse3.readdir_reply(token, os.fsencode(name), attr, i + 3):
+                if not fuse.readdir_reply(token, os.fsencode(name), attr, i + 3):
                     break
                 child.lookups += 1
         finally:
@@ -1322,7 +1349,7 @@ class ViewFS(pyfuse3.Operations):
                 os.close(fd)
 
     @_op
-    async def releasedir(self, fh: int) -> None:
+    def releasedir(self, fh: int) -> None:
         self._dirs.pop(fh, None)
 
     # ------------------------------------------------------------------ open / read / write
@@ -1362,7 +1389,7 @@ class ViewFS(pyfuse3.Operations):
         h.node.handles.add(fh)
         return fh
 
-    async def _verify(self, node: Node, fd: int) -> None:
+    def _verify(self, node: Node, fd: int) -> None:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise _fail(errno.EACCES)
@@ -1370,9 +1397,10 @@ class ViewFS(pyfuse3.Operations):
         keep = self.store_verified and size <= STORE_MAX
         try:
             if size >= THREAD_HASH_MIN:
-                digest, table, blocks = await trio.to_thread.run_sync(
-                    functools.partial(_hash_fd, fd, size, keep=keep,
-                                      parallel=size >= PARALLEL_HASH_MIN))
+                # a big file: other requests are served while it is hashed
+                with self._released():
+                    digest, table, blocks = _hash_fd(fd, size, keep=keep,
+                                                     parallel=size >= PARALLEL_HASH_MIN)
             else:
                 digest, table, blocks = _hash_fd(fd, size, keep=keep)
         except OSError as e:
@@ -1393,7 +1421,7 @@ class ViewFS(pyfuse3.Operations):
             try:
                 off = 0
                 for block in blocks:
-                    pyfuse3.notify_store(node.ino, off, block)
+                    self._notify_store(node.ino, off, block)
                     off += len(block)
             except OSError as e:
                 log.debug("notify_store of %s failed (%s); reads will be served and "
@@ -1402,8 +1430,8 @@ class ViewFS(pyfuse3.Operations):
                     self.store_verified = False
 
     @_op
-    async def open(self, inode: pyfuse3.InodeT, flags: int,
-                   ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+    def open(self, inode: fuse.InodeT, flags: int,
+                   ctx: fuse.RequestContext) -> fuse.FileInfo:
         node = self._get(inode)
         acc = flags & os.O_ACCMODE
         if node.kind is Kind.PSEUDO:
@@ -1412,7 +1440,7 @@ class ViewFS(pyfuse3.Operations):
             if flags & os.O_TRUNC:
                 ph.truncate(0)
             fh = self._new_handle(_Handle(node=node, pseudo=ph))
-            return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
+            return fuse.FileInfo(fh=fh, direct_io=True, keep_cache=False)
         if node.kind is Kind.PLACEHOLDER:
             raise _fail(errno.ENXIO)
         if node.kind is not Kind.FILE:
@@ -1424,19 +1452,25 @@ class ViewFS(pyfuse3.Operations):
                 log.error("refusing to open trusted file %s (host %s) for writing", node.vpath,
                           node.host)
                 raise _fail(errno.EACCES)
+            if node.chunks is not None:
+                # Verified before: its pages are in the kernel's cache, so most opens (every
+                # exec of a binary, every load of a library) never read. The host file is
+                # opened by the first read that reaches the view.
+                fh = self._new_handle(_Handle(node=node, trusted=True))
+                return fuse.FileInfo(fh=fh, keep_cache=True, direct_io=False)
             fd = self._open_host(node, os.O_RDONLY)
             try:
                 if node.chunks is None:
                     if node.lock is None:
-                        node.lock = trio.Lock()
-                    async with node.lock:
+                        node.lock = threading.Lock()
+                    with self._node_locked(node.lock):
                         if node.chunks is None:
-                            await self._verify(node, fd)
+                            self._verify(node, fd)
             except BaseException:
                 os.close(fd)
                 raise
             fh = self._new_handle(_Handle(node=node, fd=fd, trusted=True))
-            return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=False)
+            return fuse.FileInfo(fh=fh, keep_cache=True, direct_io=False)
         if node.policy is Policy.DENIED:
             # re-check: the file may have become allowed through another name
             policy, _ = self.classify(node.host)
@@ -1451,12 +1485,12 @@ class ViewFS(pyfuse3.Operations):
         fh = self._new_handle(_Handle(node=node, fd=fd, writable=acc != os.O_RDONLY))
         if flags & os.O_TRUNC and node.parent in self._nodes:
             self._nodes[node.parent].listing = None
-        return pyfuse3.FileInfo(fh=fh, keep_cache=False, direct_io=False)
+        return fuse.FileInfo(fh=fh, keep_cache=False, direct_io=False)
 
     def _enc_ident(self, node: Node) -> tuple[int, int]:
         return node.key[2], node.key[3]
 
-    def _open_encrypted(self, node: Node, flags: int) -> pyfuse3.FileInfo:
+    def _open_encrypted(self, node: Node, flags: int) -> fuse.FileInfo:
         assert node.mount is not None
         ef, fresh = self.enc.acquire(node.mount, node.rel, node.vpath,
                                      expect=self._enc_ident(node))
@@ -1475,10 +1509,10 @@ class ViewFS(pyfuse3.Operations):
         # A fresh ProtectedFile: drop whatever the kernel cached of an earlier open (the host
         # file may have changed while nobody had it open). Otherwise every byte in the page
         # cache came through this inode and is current.
-        return pyfuse3.FileInfo(fh=fh, keep_cache=not fresh, direct_io=False)
+        return fuse.FileInfo(fh=fh, keep_cache=not fresh, direct_io=False)
 
     @_op
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    def read(self, fh: int, off: int, size: int) -> bytes:
         h = self._handles.get(fh)
         if h is None:
             raise _fail(errno.EBADF)
@@ -1498,6 +1532,8 @@ class ViewFS(pyfuse3.Operations):
         end = min(off + size, total)
         start = off - off % CHUNK_SIZE
         stop = min(total, -(-end // CHUNK_SIZE) * CHUNK_SIZE)
+        if h.fd < 0:
+            h.fd = self._open_host(node, os.O_RDONLY)
         data = _pread_full(h.fd, stop - start, start)
         if len(data) != stop - start:
             log.error("trusted file %s (host %s) changed after verification (now shorter); "
@@ -1518,7 +1554,7 @@ class ViewFS(pyfuse3.Operations):
         return data[off - start:end - start]
 
     @_op
-    async def write(self, fh: int, off: int, buf: bytes) -> int:
+    def write(self, fh: int, off: int, buf: bytes) -> int:
         h = self._handles.get(fh)
         if h is None:
             raise _fail(errno.EBADF)
@@ -1538,7 +1574,7 @@ class ViewFS(pyfuse3.Operations):
         return done
 
     @_op
-    async def fsync(self, fh: int, datasync: bool) -> None:
+    def fsync(self, fh: int, datasync: bool) -> None:
         h = self._handles.get(fh)
         if h is None:
             raise _fail(errno.EBADF)
@@ -1552,7 +1588,7 @@ class ViewFS(pyfuse3.Operations):
                 os.fsync(h.fd)
 
     @_op
-    async def release(self, fh: int) -> None:
+    def release(self, fh: int) -> None:
         h = self._handles.pop(fh, None)
         if h is None:
             return
@@ -1602,9 +1638,9 @@ class ViewFS(pyfuse3.Operations):
         return node, st2
 
     @_op
-    async def create(self, parent_inode: pyfuse3.InodeT, name: bytes, mode: int, flags: int,
-                     ctx: pyfuse3.RequestContext
-                     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+    def create(self, parent_inode: fuse.InodeT, name: bytes, mode: int, flags: int,
+                     ctx: fuse.RequestContext
+                     ) -> tuple[fuse.FileInfo, fuse.EntryAttributes]:
         parent = self._get(parent_inode)
         sname = os.fsdecode(name)
         if parent.role == "keys":
@@ -1615,7 +1651,7 @@ class ViewFS(pyfuse3.Operations):
             fh = self._new_handle(_Handle(node=node, pseudo=node.pseudo.open(ctx.pid, flags)))
             attr = self._attr(node)
             node.lookups += 1
-            return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False), attr
+            return fuse.FileInfo(fh=fh, direct_io=True, keep_cache=False), attr
         rel, host, vpath = self._mutable_dir(parent, sname)
         if _encrypted(parent.mount):
             return self._create_encrypted(parent, rel, vpath, mode, flags)
@@ -1635,10 +1671,10 @@ class ViewFS(pyfuse3.Operations):
                                       writable=flags & os.O_ACCMODE != os.O_RDONLY))
         attr = self._attr(node, st)
         node.lookups += 1
-        return pyfuse3.FileInfo(fh=fh, keep_cache=False, direct_io=False), attr
+        return fuse.FileInfo(fh=fh, keep_cache=False, direct_io=False), attr
 
     def _create_encrypted(self, parent: Node, rel: str, vpath: str, mode: int, flags: int
-                          ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+                          ) -> tuple[fuse.FileInfo, fuse.EntryAttributes]:
         assert parent.mount is not None
         ef, _ = self.enc.acquire(parent.mount, rel, vpath, create=True,
                                  exclusive=bool(flags & os.O_EXCL), mode=mode)
@@ -1654,11 +1690,11 @@ class ViewFS(pyfuse3.Operations):
                                       writable=flags & os.O_ACCMODE != os.O_RDONLY))
         attr = self._attr(node, st)
         node.lookups += 1
-        return pyfuse3.FileInfo(fh=fh, keep_cache=False, direct_io=False), attr
+        return fuse.FileInfo(fh=fh, keep_cache=False, direct_io=False), attr
 
     @_op
-    async def mkdir(self, parent_inode: pyfuse3.InodeT, name: bytes, mode: int,
-                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    def mkdir(self, parent_inode: fuse.InodeT, name: bytes, mode: int,
+                    ctx: fuse.RequestContext) -> fuse.EntryAttributes:
         parent = self._get(parent_inode)
         sname = os.fsdecode(name)
         rel, host, vpath = self._mutable_dir(parent, sname)
@@ -1674,8 +1710,8 @@ class ViewFS(pyfuse3.Operations):
         return attr
 
     @_op
-    async def mknod(self, parent_inode: pyfuse3.InodeT, name: bytes, mode: int, rdev: int,
-                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    def mknod(self, parent_inode: fuse.InodeT, name: bytes, mode: int, rdev: int,
+                    ctx: fuse.RequestContext) -> fuse.EntryAttributes:
         if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
             raise _fail(errno.EPERM)
         parent = self._get(parent_inode)
@@ -1695,8 +1731,8 @@ class ViewFS(pyfuse3.Operations):
         return attr
 
     @_op
-    async def symlink(self, parent_inode: pyfuse3.InodeT, name: bytes, target: bytes,
-                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    def symlink(self, parent_inode: fuse.InodeT, name: bytes, target: bytes,
+                      ctx: fuse.RequestContext) -> fuse.EntryAttributes:
         parent = self._get(parent_inode)
         sname = os.fsdecode(name)
         rel, host, vpath = self._mutable_dir(parent, sname)
@@ -1714,8 +1750,8 @@ class ViewFS(pyfuse3.Operations):
         return attr
 
     @_op
-    async def link(self, inode: pyfuse3.InodeT, new_parent_inode: pyfuse3.InodeT,
-                   new_name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    def link(self, inode: fuse.InodeT, new_parent_inode: fuse.InodeT,
+                   new_name: bytes, ctx: fuse.RequestContext) -> fuse.EntryAttributes:
         node = self._get(inode)
         parent = self._get(new_parent_inode)
         sname = os.fsdecode(new_name)
@@ -1770,13 +1806,13 @@ class ViewFS(pyfuse3.Operations):
         parent.listing = None
 
     @_op
-    async def unlink(self, parent_inode: pyfuse3.InodeT, name: bytes,
-                     ctx: pyfuse3.RequestContext) -> None:
+    def unlink(self, parent_inode: fuse.InodeT, name: bytes,
+                     ctx: fuse.RequestContext) -> None:
         self._remove(parent_inode, name, directory=False)
 
     @_op
-    async def rmdir(self, parent_inode: pyfuse3.InodeT, name: bytes,
-                    ctx: pyfuse3.RequestContext) -> None:
+    def rmdir(self, parent_inode: fuse.InodeT, name: bytes,
+                    ctx: fuse.RequestContext) -> None:
         self._remove(parent_inode, name, directory=True)
 
     def _moved(self, node: Node, mount: Mount, rel: str, vpath: str) -> None:
@@ -1804,9 +1840,9 @@ class ViewFS(pyfuse3.Operations):
         return None
 
     @_op
-    async def rename(self, parent_inode_old: pyfuse3.InodeT, name_old: bytes,
-                     parent_inode_new: pyfuse3.InodeT, name_new: bytes, flags: int,
-                     ctx: pyfuse3.RequestContext) -> None:
+    def rename(self, parent_inode_old: fuse.InodeT, name_old: bytes,
+                     parent_inode_new: fuse.InodeT, name_new: bytes, flags: int,
+                     ctx: fuse.RequestContext) -> None:
         po, pn = self._get(parent_inode_old), self._get(parent_inode_new)
         so, sn = os.fsdecode(name_old), os.fsdecode(name_new)
         rel_o, host_o, vpath_o = self._mutable_dir(po, so)
@@ -1823,7 +1859,7 @@ class ViewFS(pyfuse3.Operations):
             try:
                 st_o = os.stat(so, dir_fd=pfo, follow_symlinks=False)
                 st_n: os.stat_result | None = None
-                if flags & pyfuse3.RENAME_EXCHANGE:
+                if flags & fuse.RENAME_EXCHANGE:
                     st_n = os.stat(sn, dir_fd=pfn, follow_symlinks=False)
                 if _encrypted(mount):
                     self._rename_encrypted(mount, (pfo, so, rel_o, vpath_o),
@@ -1857,7 +1893,7 @@ class ViewFS(pyfuse3.Operations):
         suffix = encfs.RECOVERY_SUFFIX
         if so.endswith(suffix) or sn.endswith(suffix):
             raise _fail(errno.ENOENT if so.endswith(suffix) else errno.EACCES)
-        exchange = bool(flags & pyfuse3.RENAME_EXCHANGE)
+        exchange = bool(flags & fuse.RENAME_EXCHANGE)
         try:
             st_t: os.stat_result | None = os.stat(sn, dir_fd=pfn, follow_symlinks=False)
         except FileNotFoundError:
@@ -1894,7 +1930,7 @@ class ViewFS(pyfuse3.Operations):
         except BaseException:
             if not renamed:
                 for ef, cur, _, _ in rebound:
-                    with contextlib.suppress(pyfuse3.FUSEError):
+                    with contextlib.suppress(fuse.FUSEError):
                         self.enc.rebind(ef, cur)
             raise
         finally:
@@ -1902,9 +1938,9 @@ class ViewFS(pyfuse3.Operations):
                 self.enc.release(ef)
 
     @_op
-    async def setattr(self, inode: pyfuse3.InodeT, attr: pyfuse3.EntryAttributes,
-                      fields: pyfuse3.SetattrFields, fh: int | None,
-                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    def setattr(self, inode: fuse.InodeT, attr: fuse.EntryAttributes,
+                      fields: fuse.SetattrFields, fh: int | None,
+                      ctx: fuse.RequestContext) -> fuse.EntryAttributes:
         node = self._get(inode)
         if node.kind is Kind.PSEUDO:
             h = self._handles.get(fh) if fh is not None else None
@@ -1966,8 +2002,8 @@ class ViewFS(pyfuse3.Operations):
         finally:
             self.enc.release(ef)
 
-    def _set_meta(self, node: Node, attr: pyfuse3.EntryAttributes,
-                  fields: pyfuse3.SetattrFields) -> None:
+    def _set_meta(self, node: Node, attr: fuse.EntryAttributes,
+                  fields: fuse.SetattrFields) -> None:
         assert node.mount is not None
         if node.kind is Kind.LINK:
             if fields.update_atime or fields.update_mtime:
@@ -2011,8 +2047,8 @@ class ViewFS(pyfuse3.Operations):
             os.close(fd)
 
     @_op
-    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
-        s = pyfuse3.StatvfsData()
+    def statfs(self, ctx: fuse.RequestContext) -> fuse.StatvfsData:
+        s = fuse.StatvfsData()
         mount, _ = self.plan.resolve("/")
         root = self._roots.get(mount.index)
         if root is not None:
@@ -2036,7 +2072,7 @@ def tune_readahead(dev: int, kib: int = READ_AHEAD_KB) -> bool:
     """Raise the kernel readahead of the FUSE connection with device number ``dev``.
 
     FUSE inherits the default 128 KiB window, so a sequential read of a big file reaches
-    Python 128 KiB at a time; with 1 MiB every READ request carries 1 MiB (libfuse's
+    Python 128 KiB at a time; with 1 MiB every READ request carries 1 MiB (the
     largest). Needs root (sysfs); returns False when it could not be changed.
     """
     path = f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb"
@@ -2049,17 +2085,6 @@ def tune_readahead(dev: int, kib: int = READ_AHEAD_KB) -> bool:
     return True
 
 
-async def _stat_abandonable(path: Path) -> os.stat_result:
-    """os.stat in a thread that a cancellation abandons (it cannot finish if the FUSE loop
-    that has to answer it was cancelled; the unmount then makes it fail)."""
-    import inspect
-
-    params = inspect.signature(trio.to_thread.run_sync).parameters
-    kw = {"abandon_on_cancel": True} if "abandon_on_cancel" in params else {"cancellable": True}
-    result: os.stat_result = await trio.to_thread.run_sync(os.stat, path, **kw)
-    return result
-
-
 def _raise_nofile_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
@@ -2067,36 +2092,61 @@ def _raise_nofile_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-async def serve(fs: ViewFS, mountpoint: Path, *,
-                ready: Callable[[], None] | None = None,
-                options: Sequence[str] = MOUNT_OPTIONS) -> None:
-    """Mount ``fs`` at ``mountpoint`` and serve it until unmounted or cancelled."""
+def serve_fd(fs: ViewFS, fd: int, *, threads: int = 4) -> None:
+    """Serve ``fs`` on the ``/dev/fuse`` descriptor ``fd`` until the connection ends (the
+    mount is gone); then write back and close the view's files."""
+    try:
+        fuse.Session(fd, fs).serve(threads)
+    finally:
+        fs.close()
+
+
+def serve(fs: ViewFS, mountpoint: Path, *,
+          ready: Callable[[], None] | None = None,
+          options: Sequence[str] = MOUNT_OPTIONS) -> None:
+    """Mount ``fs`` at ``mountpoint`` and serve it until it is unmounted (from outside, e.g.
+    by :func:`geode.runtime.fuse.unmount`, or because ``ready`` raised)."""
     mnt = Path(mountpoint)
     if not mnt.is_dir():
         raise GeodeError("mount point is not a directory", where=str(mnt))
     _raise_nofile_limit()
+    source, fstype, flags, data = fuse.mount_args(options)
     try:
-        pyfuse3.init(fs, str(mnt), set(options))
-    except RuntimeError as e:
-        fuse = "/dev/fuse is missing" if not os.path.exists("/dev/fuse") else str(e)
-        raise GeodeError(f"cannot mount the view with FUSE: {fuse}", where=str(mnt)) from None
+        fd = fuse.mount(str(mnt), options=data, source=source, fstype=fstype, flags=flags)
+    except OSError as e:
+        what = "/dev/fuse is missing" if not os.path.exists("/dev/fuse") else e.strerror
+        raise GeodeError(f"cannot mount the view with FUSE: {what}", where=str(mnt)) from None
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            serve_fd(fs, fd)
+        except BaseException as e:  # reported by the caller's thread
+            failure.append(e)
+
+    server = threading.Thread(target=run, name="geode-view", daemon=True)
+    server.start()
+    dev: int | None = None
     try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(pyfuse3.main)
-            # The first stat completes the FUSE handshake: the view is live after it.
-            try:
-                st = await _stat_abandonable(mnt)
-            except OSError as e:
-                raise GeodeError(f"the view did not come up: {e.strerror}",
-                                 where=str(mnt)) from None
-            tune_readahead(st.st_dev)
-            log.debug("view mounted at %s", mnt)
-            if ready is not None:
-                ready()
+        # The first stat completes the FUSE handshake: the view is live after it.
+        try:
+            dev = os.stat(mnt).st_dev
+        except OSError as e:
+            raise GeodeError(f"the view did not come up: {e.strerror}", where=str(mnt)) from None
+        tune_readahead(dev)
+        log.debug("view mounted at %s", mnt)
+        if ready is not None:
+            ready()
+        server.join()
     finally:
-        with trio.CancelScope(shield=True):
-            pyfuse3.close(unmount=True)
-            fs.close()
+        fuse.unmount(str(mnt))
+        server.join(2.0)
+        if server.is_alive() and dev is not None:  # files still open in the unmounted view
+            fuse.abort(dev)
+        server.join()
+        os.close(fd)
+    if failure:
+        raise failure[0]
 
 
 # ------------------------------------------------------------------------------------------
@@ -2137,20 +2187,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.ready_file is not None:
             args.ready_file.write_text("ready\n")
 
-    async def run() -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async with trio.open_nursery() as nursery:
-                async def serve_then_stop() -> None:
-                    await serve(fs, args.mountpoint, ready=on_ready)
-                    nursery.cancel_scope.cancel()
+    def stop(signum: int, frame: Any) -> None:
+        fuse.unmount(str(args.mountpoint))
 
-                nursery.start_soon(serve_then_stop)
-                async for _ in signals:
-                    nursery.cancel_scope.cancel()
-                    break
-
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     try:
-        trio.run(run)
+        serve(fs, args.mountpoint, ready=on_ready)
     except GeodeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -1,0 +1,739 @@
+"""The FUSE kernel protocol, spoken directly on a ``/dev/fuse`` descriptor.
+
+Why not libfuse (pyfuse3): the view is served for every ``geode run``, and start-up time is
+what users feel. pyfuse3 needs trio, whose import alone took about 110 ms of a 170 ms
+start-up budget, and libfuse 3.14 hides init flags the view wants (cached symlinks, larger
+requests, write-back caching per connection). The protocol is small and stable
+(``include/uapi/linux/fuse.h``); this module implements the part the view uses, with
+the semantics libfuse's low-level API gives (so handlers read like pyfuse3 handlers).
+
+Invariants
+==========
+* **One handler at a time.** Every handler runs while holding :attr:`Session.lock`; a handler
+  that blocks for long (hashing a large file) releases it explicitly with
+  :meth:`Session.released`. Handlers therefore see the file system's state change only where
+  they allow it, as with an async framework's await points.
+* **One reader thread, more only while a handler blocks.** A single thread reads and answers
+  requests (measured: several threads reading ``/dev/fuse`` at once made a fork+exec loop
+  1.5-3x slower, from lock and GIL hand-offs). :meth:`Session.released` starts another reader
+  when no reader would be left, so other requests are served while a big file is hashed;
+  surplus readers exit after their next request.
+* **Every request gets exactly one reply**, except FORGET, BATCH_FORGET and INTERRUPT, which
+  take none. A handler's :class:`FUSEError` becomes the errno of the reply; any other
+  exception is the handler's bug and becomes EIO (the operations class decides how to log).
+  Operations a file system does not implement are answered ENOSYS, which makes the kernel
+  stop sending most of them (FLUSH, xattrs, FSYNCDIR, ...).
+* **Readdir is always READDIRPLUS.** Each entry the handler adds with :func:`readdir_reply`
+  except ``.`` and ``..`` counts as a lookup of its inode (the kernel's rule).
+* A reply the kernel no longer waits for (the request was interrupted, or the connection is
+  being torn down) is dropped silently (ENOENT from the write); ENODEV on read ends the loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import stat
+import struct
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, NewType
+
+log = logging.getLogger("geode.fuse")
+
+InodeT = NewType("InodeT", int)
+FileHandleT = NewType("FileHandleT", int)
+
+ROOT_INODE = InodeT(1)
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+
+KERNEL_MAJOR = 7
+#: newest minor version whose request layouts this module knows
+KERNEL_MINOR = 38
+
+# opcodes
+LOOKUP, FORGET, GETATTR, SETATTR, READLINK, SYMLINK = 1, 2, 3, 4, 5, 6
+MKNOD, MKDIR, UNLINK, RMDIR, RENAME, LINK, OPEN, READ, WRITE, STATFS = range(8, 18)
+RELEASE, FSYNC, FLUSH, INIT, OPENDIR, READDIR, RELEASEDIR = 18, 20, 25, 26, 27, 28, 29
+ACCESS, CREATE, INTERRUPT, DESTROY, BATCH_FORGET, READDIRPLUS, RENAME2 = 34, 35, 36, 38, 42, 44, 45
+
+# INIT flags (flags, then flags2 << 32)
+ASYNC_READ = 1 << 0
+ATOMIC_O_TRUNC = 1 << 3
+BIG_WRITES = 1 << 5
+AUTO_INVAL_DATA = 1 << 12
+DO_READDIRPLUS = 1 << 13
+ASYNC_DIO = 1 << 15
+WRITEBACK_CACHE = 1 << 16
+PARALLEL_DIROPS = 1 << 18
+MAX_PAGES = 1 << 22
+CACHE_SYMLINKS = 1 << 23
+INIT_EXT = 1 << 30
+
+# open_out flags
+FOPEN_DIRECT_IO = 1 << 0
+FOPEN_KEEP_CACHE = 1 << 1
+FOPEN_NONSEEKABLE = 1 << 2
+FOPEN_NOFLUSH = 1 << 5
+
+# setattr valid bits
+FATTR_MODE, FATTR_UID, FATTR_GID, FATTR_SIZE = 1, 2, 4, 8
+FATTR_ATIME, FATTR_MTIME, FATTR_FH, FATTR_ATIME_NOW, FATTR_MTIME_NOW = 16, 32, 64, 128, 256
+FATTR_CTIME = 1024
+
+NOTIFY_INVAL_INODE, NOTIFY_INVAL_ENTRY, NOTIFY_STORE = 2, 3, 4
+
+_IN_HEADER = struct.Struct("<IIQQIIIHH")            # fuse_in_header, 40 bytes
+_OUT_HEADER = struct.Struct("<IiQ")                  # fuse_out_header, 16 bytes
+_INIT_IN = struct.Struct("<IIII")                    # major, minor, max_readahead, flags
+_INIT_OUT = struct.Struct("<IIIIHHIIHHI28x")         # fuse_init_out, 64 bytes
+_ATTR = struct.Struct("<QQQQQQIIIIIIIIII")          # fuse_attr, 88 bytes
+_ENTRY_HEAD = struct.Struct("<QQQQII")               # fuse_entry_out before its fuse_attr
+_ATTR_OUT_HEAD = struct.Struct("<QII")               # fuse_attr_out before its fuse_attr
+_OPEN_IN = struct.Struct("<II")
+_OPEN_OUT = struct.Struct("<QII")
+_CREATE_IN = struct.Struct("<IIII")
+_READ_IN = struct.Struct("<QQIIQII")                 # also fuse_write_in
+_WRITE_OUT = struct.Struct("<II")
+_RELEASE_IN = struct.Struct("<QIIQ")
+_FSYNC_IN = struct.Struct("<QII")
+_SETATTR_IN = struct.Struct("<IIQQQQQQIIIIIIII")
+_GETATTR_IN = struct.Struct("<IIQ")
+_MKNOD_IN = struct.Struct("<IIII")
+_MKDIR_IN = struct.Struct("<II")
+_RENAME_IN = struct.Struct("<Q")
+_RENAME2_IN = struct.Struct("<QII")
+_LINK_IN = struct.Struct("<Q")
+_ACCESS_IN = struct.Struct("<II")
+_FORGET_IN = struct.Struct("<Q")
+_BATCH_FORGET_IN = struct.Struct("<II")
+_FORGET_ONE = struct.Struct("<QQ")
+_STATFS_OUT = struct.Struct("<QQQQQIIII24x")
+_DIRENT_HEAD = struct.Struct("<QQII")
+_NOTIFY_STORE = struct.Struct("<QQII")
+_NOTIFY_INVAL_INODE = struct.Struct("<Qqq")
+_NOTIFY_INVAL_ENTRY = struct.Struct("<QII")
+
+
+class FUSEError(Exception):
+    """Raised by a handler: the request fails with ``errno``."""
+
+    def __init__(self, err: int) -> None:
+        super().__init__(err)
+        self.errno = err
+
+    def __str__(self) -> str:
+        return os.strerror(self.errno)
+
+
+class EntryAttributes:
+    """Attributes of an inode and how long the kernel may cache them (and its name).
+
+    ``st_ino == 0`` in a LOOKUP reply is a negative entry, cached for ``entry_timeout``."""
+
+    __slots__ = ("st_ino", "generation", "entry_timeout", "attr_timeout", "st_mode",
+                 "st_nlink", "st_uid", "st_gid", "st_rdev", "st_size", "st_blksize",
+                 "st_blocks", "st_atime_ns", "st_mtime_ns", "st_ctime_ns")
+
+    def __init__(self) -> None:
+        self.st_ino = 0
+        self.generation = 0
+        self.entry_timeout = 0.0
+        self.attr_timeout = 0.0
+        self.st_mode = 0
+        self.st_nlink = 0
+        self.st_uid = 0
+        self.st_gid = 0
+        self.st_rdev = 0
+        self.st_size = 0
+        self.st_blksize = 4096
+        self.st_blocks = 0
+        self.st_atime_ns = 0
+        self.st_mtime_ns = 0
+        self.st_ctime_ns = 0
+
+
+@dataclass
+class FileInfo:
+    """What an OPEN or CREATE handler returns."""
+
+    fh: int = 0
+    direct_io: bool = False
+    keep_cache: bool = False
+    nonseekable: bool = False
+    #: do not send FLUSH when a descriptor of this open file is closed
+    noflush: bool = False
+
+
+class RequestContext:
+    """Who made a request (ids and pid as seen in the connection's namespaces)."""
+
+    __slots__ = ("uid", "gid", "pid", "umask")
+
+    def __init__(self, uid: int, gid: int, pid: int, umask: int = 0) -> None:
+        self.uid, self.gid, self.pid, self.umask = uid, gid, pid, umask
+
+
+@dataclass(frozen=True)
+class SetattrFields:
+    update_mode: bool = False
+    update_uid: bool = False
+    update_gid: bool = False
+    update_size: bool = False
+    update_atime: bool = False
+    update_mtime: bool = False
+    update_ctime: bool = False
+
+
+class StatvfsData:
+    __slots__ = ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files",
+                 "f_ffree", "f_favail", "f_namemax")
+
+    def __init__(self) -> None:
+        self.f_bsize = self.f_frsize = 4096
+        self.f_blocks = self.f_bfree = self.f_bavail = 0
+        self.f_files = self.f_ffree = self.f_favail = 0
+        self.f_namemax = 255
+
+
+class ReaddirToken:
+    """The reply buffer of one READDIRPLUS request."""
+
+    __slots__ = ("limit", "parts", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.parts: list[bytes] = []
+        self.used = 0
+
+
+def _ns(t: int) -> tuple[int, int]:
+    sec, nsec = divmod(t, 1_000_000_000)
+    return sec, nsec
+
+
+def _timeout(seconds: float) -> tuple[int, int]:
+    if seconds <= 0:
+        return 0, 0
+    sec = int(seconds)
+    return sec, int((seconds - sec) * 1e9)
+
+
+def _pack_attr(a: EntryAttributes) -> bytes:
+    at, atn = _ns(a.st_atime_ns)
+    mt, mtn = _ns(a.st_mtime_ns)
+    ct, ctn = _ns(a.st_ctime_ns)
+    return _ATTR.pack(a.st_ino, a.st_size, a.st_blocks, at, mt, ct, atn, mtn, ctn,
+                      a.st_mode, a.st_nlink, a.st_uid, a.st_gid, a.st_rdev, a.st_blksize, 0)
+
+
+def _pack_entry(a: EntryAttributes) -> bytes:
+    ev, evn = _timeout(a.entry_timeout)
+    av, avn = _timeout(a.attr_timeout)
+    if a.st_ino == 0:  # negative entry: only the name timeout matters
+        return _ENTRY_HEAD.pack(0, 0, ev, 0, evn, 0) + bytes(_ATTR.size)
+    return _ENTRY_HEAD.pack(a.st_ino, a.generation, ev, av, evn, avn) + _pack_attr(a)
+
+
+def readdir_reply(token: ReaddirToken, name: bytes, attr: EntryAttributes, next_id: int) -> bool:
+    """Add one entry; False (and nothing added) when the reply buffer is full."""
+    padded = (len(name) + 7) & ~7
+    size = _ENTRY_HEAD.size + _ATTR.size + _DIRENT_HEAD.size + padded
+    if token.used + size > token.limit:
+        return False
+    token.parts.append(_pack_entry(attr))
+    token.parts.append(_DIRENT_HEAD.pack(attr.st_ino, next_id, len(name),
+                                         stat.S_IFMT(attr.st_mode) >> 12))
+    token.parts.append(name + bytes(padded - len(name)))
+    token.used += size
+    return True
+
+
+class Operations:
+    """Base class of a file system: every operation not overridden answers ENOSYS."""
+
+    def init(self, session: Session) -> None:
+        """Called once the kernel handshake is done, before any other request."""
+
+    def destroy(self) -> None:
+        """Called when the kernel ends the connection (DESTROY, or the device closed)."""
+
+
+_TYPE_NAMES = {LOOKUP: "lookup", FORGET: "forget", GETATTR: "getattr", SETATTR: "setattr",
+               READLINK: "readlink", SYMLINK: "symlink", MKNOD: "mknod", MKDIR: "mkdir",
+               UNLINK: "unlink", RMDIR: "rmdir", RENAME: "rename", LINK: "link", OPEN: "open",
+               READ: "read", WRITE: "write", STATFS: "statfs", RELEASE: "release",
+               FSYNC: "fsync", OPENDIR: "opendir", READDIRPLUS: "readdir",
+               RELEASEDIR: "releasedir", ACCESS: "access", CREATE: "create",
+               BATCH_FORGET: "forget", RENAME2: "rename"}
+
+
+def _name(data: bytes | memoryview, start: int = 0) -> tuple[bytes, int]:
+    """A NUL-terminated name at ``start``; returns it and the offset after the NUL."""
+    raw = bytes(data[start:])
+    end = raw.index(b"\0")
+    return raw[:end], start + end + 1
+
+
+class Session:
+    """One FUSE connection: the kernel handshake, then requests dispatched to ``ops``.
+
+    ``writeback_cache`` asks the kernel to cache writes (the file system then sees
+    larger, later WRITEs, and READs on descriptors opened write-only)."""
+
+    def __init__(self, fd: int, ops: Operations, *, max_write: int = 1 << 20,
+                 writeback_cache: bool = False, max_readahead: int = 1 << 20) -> None:
+        self.fd = fd
+        self.ops = ops
+        self.max_write = max_write
+        self.writeback_cache = writeback_cache
+        self.max_readahead = max_readahead
+        self.lock = threading.Lock()
+        self.proto_minor = 0
+        #: negotiated init flags (flags | flags2 << 32)
+        self.flags = 0
+        self._bufsize = max_write + 4096 + 256
+        self._ended = threading.Event()
+        self._initialized = False
+        self._max_threads = 1
+        #: reader threads alive, and handlers among them blocked in released() (under lock)
+        self._threads = 0
+        self._blocked = 0
+        self._failure: BaseException | None = None
+        self._handlers = self._handler_table()
+
+    # ------------------------------------------------------------------ public
+
+    @contextlib.contextmanager
+    def released(self) -> Iterator[None]:
+        """Let other requests be handled while the calling handler blocks (call it holding
+        :attr:`lock`, i.e. from a handler)."""
+        self._blocked += 1
+        if self._threads - self._blocked < 1 and self._threads < self._max_threads:
+            self._spawn()
+        self.lock.release()
+        try:
+            yield
+        finally:
+            self.lock.acquire()
+            self._blocked -= 1
+
+    def serve(self, max_threads: int = 4) -> None:
+        """Handle requests until the connection ends, with up to ``max_threads`` readers."""
+        self._max_threads = max(1, max_threads)
+        with self.lock:
+            self._spawn()
+        self._ended.wait()
+        if self._failure is not None:
+            raise self._failure
+
+    def _spawn(self) -> None:
+        self._threads += 1
+        threading.Thread(target=self._worker, name=f"geode-fuse-{self._threads}",
+                         daemon=True).start()
+
+    def notify_store(self, ino: int, offset: int, data: bytes | memoryview) -> None:
+        """Put ``data`` into the kernel's page cache of ``ino`` at ``offset``."""
+        head = _NOTIFY_STORE.pack(ino, offset, len(data), 0)
+        self._notify(NOTIFY_STORE, head, data)
+
+    def invalidate_inode(self, ino: int, offset: int = 0, length: int = 0) -> None:
+        """Drop cached attributes and (``length`` 0: all) cached data of ``ino``."""
+        self._notify(NOTIFY_INVAL_INODE, _NOTIFY_INVAL_INODE.pack(ino, offset, length))
+
+    def invalidate_entry(self, parent: int, name: bytes) -> None:
+        self._notify(NOTIFY_INVAL_ENTRY, _NOTIFY_INVAL_ENTRY.pack(parent, len(name), 0),
+                     name + b"\0")
+
+    # ------------------------------------------------------------------ transport
+
+    def _notify(self, code: int, *parts: bytes | memoryview) -> None:
+        size = _OUT_HEADER.size + sum(len(p) for p in parts)
+        os.writev(self.fd, [_OUT_HEADER.pack(size, code, 0), *parts])
+
+    def _reply(self, unique: int, *parts: bytes | memoryview) -> None:
+        size = _OUT_HEADER.size + sum(len(p) for p in parts)
+        try:
+            os.writev(self.fd, [_OUT_HEADER.pack(size, 0, unique), *parts])
+        except OSError as e:
+            if e.errno != errno.ENOENT:  # ENOENT: the request is no longer waited for
+                raise
+
+    def _error(self, unique: int, err: int) -> None:
+        try:
+            os.write(self.fd, _OUT_HEADER.pack(_OUT_HEADER.size, -err, unique))
+        except OSError as e:
+            if e.errno != errno.ENOENT:
+                raise
+
+    def _worker(self) -> None:
+        try:
+            self._read_loop()
+        except BaseException as e:  # a bug, or the device failing: end the session with it
+            self._failure = e
+            self._end()
+
+    def _read_loop(self) -> None:
+        fd, size = self.fd, self._bufsize
+        while not self._ended.is_set():
+            try:
+                buf = os.read(fd, size)
+            except OSError as e:
+                if e.errno in (errno.EINTR, errno.EAGAIN, errno.ENOENT):
+                    continue  # ENOENT: the request was interrupted before we read it
+                if e.errno == errno.ENODEV:  # unmounted or aborted
+                    self._end()
+                    return
+                raise
+            if not buf:
+                self._end()
+                return
+            with self.lock:
+                more = self._dispatch(buf)
+                surplus = more and self._threads - self._blocked > 1
+                if surplus:
+                    self._threads -= 1
+            if not more:
+                self._end()
+                return
+            if surplus:
+                return
+
+    def _end(self) -> None:
+        with self.lock:
+            if self._ended.is_set():
+                return
+            self._ended.set()
+            try:
+                self.ops.destroy()
+            except Exception:
+                log.exception("internal error in destroy")
+
+    def _dispatch(self, buf: bytes) -> bool:
+        """Handle one request; False when the connection is over."""
+        length, opcode, unique, nodeid, uid, gid, pid, extlen, _ = _IN_HEADER.unpack_from(buf)
+        body = memoryview(buf)[_IN_HEADER.size:length - extlen * 8]
+        if opcode == INIT:
+            self._init(unique, body)
+            return True
+        if opcode == DESTROY:
+            self._reply(unique)
+            return False
+        if opcode == INTERRUPT:
+            return True  # handlers are not interruptible; the original request gets its reply
+        handler = self._handlers.get(opcode)
+        if handler is None or not self._initialized:
+            self._error(unique, errno.ENOSYS)
+            return True
+        try:
+            handler(unique, nodeid, RequestContext(uid, gid, pid), body)
+        except FUSEError as e:
+            self._error(unique, e.errno)
+        except OSError as e:  # writing the reply failed: the kernel side is gone
+            if e.errno == errno.ENODEV:
+                return False
+            raise
+        except Exception:
+            log.exception("internal error handling FUSE opcode %d", opcode)
+            self._error(unique, errno.EIO)
+        return True
+
+    def _init(self, unique: int, body: memoryview) -> None:
+        major, minor, max_readahead, flags = _INIT_IN.unpack_from(body)
+        if major != KERNEL_MAJOR or minor < 31:  # 7.31: Linux 5.4
+            log.error("unsupported FUSE protocol %d.%d (need 7.31 or newer)", major, minor)
+            self._error(unique, errno.EPROTO)
+            return
+        want = (ASYNC_READ | ATOMIC_O_TRUNC | BIG_WRITES | AUTO_INVAL_DATA | DO_READDIRPLUS
+                | ASYNC_DIO | PARALLEL_DIROPS | MAX_PAGES | CACHE_SYMLINKS)
+        if self.writeback_cache:
+            want |= WRITEBACK_CACHE
+        self.flags = flags & want
+        self.proto_minor = min(minor, KERNEL_MINOR)
+        max_pages = (self.max_write + 4095) // 4096
+        # The kernel keeps the smaller of the connection's current readahead and this value,
+        # so answering with our own maximum keeps a window raised before the handshake.
+        out = _INIT_OUT.pack(KERNEL_MAJOR, self.proto_minor, self.max_readahead,
+                             self.flags, 16, 12, self.max_write, 1, max_pages, 0, 0)
+        self.ops.init(self)
+        self._initialized = True
+        self._reply(unique, out)
+
+    # ------------------------------------------------------------------ requests
+
+    def _handler_table(self) -> dict[int, Any]:
+        ops = self.ops
+        table: dict[int, Any] = {}
+        for opcode, method in ((LOOKUP, self._lookup), (FORGET, self._forget),
+                               (BATCH_FORGET, self._batch_forget), (GETATTR, self._getattr),
+                               (SETATTR, self._setattr), (READLINK, self._readlink),
+                               (SYMLINK, self._symlink), (MKNOD, self._mknod),
+                               (MKDIR, self._mkdir), (UNLINK, self._unlink),
+                               (RMDIR, self._rmdir), (RENAME, self._rename),
+                               (RENAME2, self._rename2), (LINK, self._link), (OPEN, self._open),
+                               (READ, self._read), (WRITE, self._write),
+                               (STATFS, self._statfs), (RELEASE, self._release),
+                               (FSYNC, self._fsync), (OPENDIR, self._opendir),
+                               (READDIRPLUS, self._readdirplus),
+                               (RELEASEDIR, self._releasedir), (ACCESS, self._access),
+                               (CREATE, self._create)):
+            name = _TYPE_NAMES[opcode]
+            if opcode == RENAME2:
+                name = "rename"
+            if callable(getattr(ops, name, None)):
+                table[opcode] = method
+        return table
+
+    def _entry(self, unique: int, attr: EntryAttributes) -> None:
+        self._reply(unique, _pack_entry(attr))
+
+    def _attr_reply(self, unique: int, attr: EntryAttributes) -> None:
+        av, avn = _timeout(attr.attr_timeout)
+        self._reply(unique, _ATTR_OUT_HEAD.pack(av, avn, 0), _pack_attr(attr))
+
+    def _open_reply(self, info: FileInfo) -> bytes:
+        flags = ((FOPEN_DIRECT_IO if info.direct_io else 0)
+                 | (FOPEN_KEEP_CACHE if info.keep_cache else 0)
+                 | (FOPEN_NONSEEKABLE if info.nonseekable else 0)
+                 | (FOPEN_NOFLUSH if info.noflush else 0))
+        return _OPEN_OUT.pack(info.fh, flags, 0)
+
+    def _lookup(self, unique: int, nodeid: int, ctx: RequestContext, body: memoryview) -> None:
+        name, _ = _name(body)
+        self._entry(unique, self.ops.lookup(nodeid, name, ctx))  # type: ignore[attr-defined]
+
+    def _forget(self, unique: int, nodeid: int, ctx: RequestContext, body: memoryview) -> None:
+        (n,) = _FORGET_IN.unpack_from(body)
+        self._call_forget([(nodeid, n)])
+
+    def _batch_forget(self, unique: int, nodeid: int, ctx: RequestContext,
+                      body: memoryview) -> None:
+        count, _ = _BATCH_FORGET_IN.unpack_from(body)
+        items = [_FORGET_ONE.unpack_from(body, _BATCH_FORGET_IN.size + i * _FORGET_ONE.size)
+                 for i in range(count)]
+        self._call_forget(items)
+
+    def _call_forget(self, items: Sequence[tuple[int, int]]) -> None:
+        try:  # no reply, whatever happens
+            self.ops.forget(items)  # type: ignore[attr-defined]
+        except Exception:
+            log.exception("internal error in forget")
+
+    def _getattr(self, unique: int, nodeid: int, ctx: RequestContext, body: memoryview) -> None:
+        self._attr_reply(unique, self.ops.getattr(nodeid, ctx))  # type: ignore[attr-defined]
+
+    def _setattr(self, unique: int, nodeid: int, ctx: RequestContext, body: memoryview) -> None:
+        (valid, _, fh, size, _, atime, mtime, ctime, atimensec, mtimensec, ctimensec, mode,
+         _, uid, gid, _) = _SETATTR_IN.unpack_from(body)
+        attr = EntryAttributes()
+        attr.st_size, attr.st_mode, attr.st_uid, attr.st_gid = size, mode, uid, gid
+        now = time.time_ns()
+        attr.st_atime_ns = now if valid & FATTR_ATIME_NOW else atime * 10**9 + atimensec
+        attr.st_mtime_ns = now if valid & FATTR_MTIME_NOW else mtime * 10**9 + mtimensec
+        attr.st_ctime_ns = ctime * 10**9 + ctimensec
+        fields = SetattrFields(
+            update_mode=bool(valid & FATTR_MODE), update_uid=bool(valid & FATTR_UID),
+            update_gid=bool(valid & FATTR_GID), update_size=bool(valid & FATTR_SIZE),
+            update_atime=bool(valid & (FATTR_ATIME | FATTR_ATIME_NOW)),
+            update_mtime=bool(valid & (FATTR_MTIME | FATTR_MTIME_NOW)),
+            update_ctime=bool(valid & FATTR_CTIME))
+        result = self.ops.setattr(nodeid, attr, fields,  # type: ignore[attr-defined]
+                                  fh if valid & FATTR_FH else None, ctx)
+        self._attr_reply(unique, result)
+
+    def _readlink(self, unique: int, nodeid: int, ctx: RequestContext,
+                  body: memoryview) -> None:
+        self._reply(unique, self.ops.readlink(nodeid, ctx))  # type: ignore[attr-defined]
+
+    def _symlink(self, unique: int, nodeid: int, ctx: RequestContext, body: memoryview) -> None:
+        name, pos = _name(body)
+        target, _ = _name(body, pos)
+        self._entry(unique, self.ops.symlink(nodeid, name, target, ctx))  # type: ignore[attr-defined]
+
+    def _mknod(self, unique: int, nodeid: int, ctx: RequestContext, body: memoryview) -> None:
+        mode, rdev, umask, _ = _MKNOD_IN.unpack_from(body)
+        name, _ = _name(body, _MKNOD_IN.size)
+        ctx = RequestContext(ctx.uid, ctx.gid, ctx.pid, umask)
+        self._entry(unique, self.ops.mknod(nodeid, name, mode, rdev, ctx))  # type: ignore[attr-defined]
+
+    def _mkdir(self, unique: int, nodeid: int, ctx: RequestContext, body: memoryview) -> None:
+        mode, umask = _MKDIR_IN.unpack_from(body)
+        name, _ = _name(body, _MKDIR_IN.size)
+        ctx = RequestContext(ctx.uid, ctx.gid, ctx.pid, umask)
+        self._entry(unique, self.ops.mkdir(nodeid, name, mode | stat.S_IFDIR, ctx))  # type: ignore[attr-defined]
+
+    def _unlink(self, unique: int, nodeid: int, ctx: RequestContext, body: memoryview) -> None:
+        name, _ = _name(body)
+        self.ops.unlink(nodeid, name, ctx)  # type: ignore[attr-defined]
+        self._reply(unique)
+
+    def _rmdir(self, unique: int, nodeid: int, ctx: RequestContext, body: memoryview) -> None:
+        name, _ = _name(body)
+        self.ops.rmdir(nodeid, name, ctx)  # type: ignore[attr-defined]
+        self._reply(unique)
+
+    def _rename(self, unique: int, nodeid: int, ctx: RequestContext, body: memoryview) -> None:
+        (newdir,) = _RENAME_IN.unpack_from(body)
+        old, pos = _name(body, _RENAME_IN.size)
+        new, _ = _name(body, pos)
+        self.ops.rename(nodeid, old, newdir, new, 0, ctx)  # type: ignore[attr-defined]
+        self._reply(unique)
+
+    def _rename2(self, unique: int, nodeid: int, ctx: RequestContext, body: memoryview) -> None:
+        newdir, flags, _ = _RENAME2_IN.unpack_from(body)
+        old, pos = _name(body, _RENAME2_IN.size)
+        new, _ = _name(body, pos)
+        self.ops.rename(nodeid, old, newdir, new, flags, ctx)  # type: ignore[attr-defined]
+        self._reply(unique)
+
+    def _link(self, unique: int, nodeid: int, ctx: RequestContext, body: memoryview) -> None:
+        (old,) = _LINK_IN.unpack_from(body)
+        name, _ = _name(body, _LINK_IN.size)
+        self._entry(unique, self.ops.link(old, nodeid, name, ctx))  # type: ignore[attr-defined]
+
+    def _open(self, unique: int, nodeid: int, ctx: RequestContext, body: memoryview) -> None:
+        flags, _ = _OPEN_IN.unpack_from(body)
+        info = self.ops.open(nodeid, flags, ctx)  # type: ignore[attr-defined]
+        self._reply(unique, self._open_reply(info))
+
+    def _read(self, unique: int, nodeid: int, ctx: RequestContext, body: memoryview) -> None:
+        fh, offset, size, *_ = _READ_IN.unpack_from(body)
+        self._reply(unique, self.ops.read(fh, offset, size))  # type: ignore[attr-defined]
+
+    def _write(self, unique: int, nodeid: int, ctx: RequestContext, body: memoryview) -> None:
+        fh, offset, size, *_ = _READ_IN.unpack_from(body)
+        data = body[_READ_IN.size:_READ_IN.size + size]
+        written = self.ops.write(fh, offset, data)  # type: ignore[attr-defined]
+        self._reply(unique, _WRITE_OUT.pack(written, 0))
+
+    def _statfs(self, unique: int, nodeid: int, ctx: RequestContext, body: memoryview) -> None:
+        s = self.ops.statfs(ctx)  # type: ignore[attr-defined]
+        self._reply(unique, _STATFS_OUT.pack(s.f_blocks, s.f_bfree, s.f_bavail, s.f_files,
+                                             s.f_ffree, s.f_bsize, s.f_namemax, s.f_frsize, 0))
+
+    def _release(self, unique: int, nodeid: int, ctx: RequestContext, body: memoryview) -> None:
+        fh, *_ = _RELEASE_IN.unpack_from(body)
+        self.ops.release(fh)  # type: ignore[attr-defined]
+        self._reply(unique)
+
+    def _fsync(self, unique: int, nodeid: int, ctx: RequestContext, body: memoryview) -> None:
+        fh, flags, _ = _FSYNC_IN.unpack_from(body)
+        self.ops.fsync(fh, bool(flags & 1))  # type: ignore[attr-defined]
+        self._reply(unique)
+
+    def _opendir(self, unique: int, nodeid: int, ctx: RequestContext, body: memoryview) -> None:
+        fh = self.ops.opendir(nodeid, ctx)  # type: ignore[attr-defined]
+        self._reply(unique, _OPEN_OUT.pack(fh, 0, 0))
+
+    def _readdirplus(self, unique: int, nodeid: int, ctx: RequestContext,
+                     body: memoryview) -> None:
+        fh, offset, size, *_ = _READ_IN.unpack_from(body)
+        token = ReaddirToken(size)
+        self.ops.readdir(fh, offset, token)  # type: ignore[attr-defined]
+        self._reply(unique, b"".join(token.parts))
+
+    def _releasedir(self, unique: int, nodeid: int, ctx: RequestContext,
+                    body: memoryview) -> None:
+        fh, *_ = _RELEASE_IN.unpack_from(body)
+        self.ops.releasedir(fh)  # type: ignore[attr-defined]
+        self._reply(unique)
+
+    def _access(self, unique: int, nodeid: int, ctx: RequestContext, body: memoryview) -> None:
+        mask, _ = _ACCESS_IN.unpack_from(body)
+        if not self.ops.access(nodeid, mask, ctx):  # type: ignore[attr-defined]
+            raise FUSEError(errno.EACCES)
+        self._reply(unique)
+
+    def _create(self, unique: int, nodeid: int, ctx: RequestContext, body: memoryview) -> None:
+        flags, mode, umask, _ = _CREATE_IN.unpack_from(body)
+        name, _ = _name(body, _CREATE_IN.size)
+        ctx = RequestContext(ctx.uid, ctx.gid, ctx.pid, umask)
+        info, attr = self.ops.create(nodeid, name, mode, flags, ctx)  # type: ignore[attr-defined]
+        self._reply(unique, _pack_entry(attr), self._open_reply(info))
+
+
+# ------------------------------------------------------------------------------------------
+# mounting (for serving at a path; `geode run` gets an already mounted descriptor)
+# ------------------------------------------------------------------------------------------
+
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MNT_DETACH = 2
+
+
+def mount_args(options: Sequence[str]) -> tuple[str, str, int, str]:
+    """``(source, fstype, flags, data options)`` of the kernel mount for libfuse-style
+    ``options``: ``fsname`` is the source, ``subtype`` the type suffix, ``nodev``-style options
+    become flags; options only libfuse understands are dropped."""
+    flag_bits = {"nodev": MS_NODEV, "nosuid": MS_NOSUID, "noexec": MS_NOEXEC, "ro": MS_RDONLY}
+    source, subtype, flags, data = "geode", "", MS_NOSUID | MS_NODEV, []
+    for opt in options:
+        key, _, value = opt.partition("=")
+        if key == "fsname":
+            source = value
+        elif key == "subtype":
+            subtype = value
+        elif key in flag_bits:
+            flags |= flag_bits[key]
+        elif key in ("allow_other", "default_permissions", "max_read", "blksize"):
+            data.append(opt)
+    return source, f"fuse.{subtype}" if subtype else "fuse", flags, ",".join(data)
+
+
+def _libc() -> Any:
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def mount(mountpoint: str, *, options: str = "", source: str = "geode",
+          fstype: str = "fuse.geode", flags: int = MS_NOSUID | MS_NODEV) -> int:
+    """Open ``/dev/fuse`` and mount it at ``mountpoint``; returns the descriptor.
+
+    Needs CAP_SYS_ADMIN in the mount namespace's user namespace (root, or inside a user
+    namespace); there is no fusermount fallback."""
+    import ctypes
+
+    fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+    st = os.stat(mountpoint)
+    opts = f"fd={fd},rootmode={stat.S_IFMT(st.st_mode):o},user_id={os.getuid()}," \
+           f"group_id={os.getgid()}"
+    if options:
+        opts += "," + options
+    libc = _libc()
+    libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+                           ctypes.c_char_p]
+    if libc.mount(source.encode(), os.fsencode(mountpoint), fstype.encode(), flags,
+                  opts.encode()) != 0:
+        err = ctypes.get_errno()
+        os.close(fd)
+        raise OSError(err, f"mount {mountpoint}: {os.strerror(err)}")
+    return fd
+
+
+def unmount(mountpoint: str) -> None:
+    """Lazily unmount ``mountpoint`` (the kernel then ends the connection)."""
+    import ctypes
+
+    libc = _libc()
+    libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    if libc.umount2(os.fsencode(mountpoint), MNT_DETACH) != 0:
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOENT):  # not mounted (any more)
+            raise OSError(err, f"umount {mountpoint}: {os.strerror(err)}")
+
+
+def abort(dev: int) -> bool:
+    """Abort the FUSE connection of the mount with device number ``dev`` (through fusectl,
+    when it is mounted): its readers get ENODEV even while files of a lazily unmounted view
+    are still open. Returns False when it could not."""
+    try:
+        with open(f"/sys/fs/fuse/connections/{os.minor(dev)}/abort", "w") as f:
+            f.write("1")
+    except OSError:
+        return False
+    return True
