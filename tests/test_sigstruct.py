@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import struct
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -520,6 +522,114 @@ def test_verify_zero_modulus() -> None:
     assert not result.check("modulus").passed
     assert not result.check("signature").passed
     assert "zero" in result.check("q1").reason
+
+
+# --- the RSA check without cryptography ----------------------------------------------------------
+
+MESSAGE = bytes(range(256))
+SHA256_INFO = bytes.fromhex("3031300d060960864801650304020105000420")
+
+
+def _em(t: bytes, *, head: bytes = b"\x00\x01", ps: int | None = None, tail: bytes = b"") -> bytes:
+    """An encoded message 00 01 FF.. 00 T (RFC 8017 9.2), optionally malformed."""
+    if ps is None:
+        ps = 384 - len(head) - 1 - len(t) - len(tail)
+    em = head + b"\xff" * ps + b"\x00" + t + tail
+    return em + bytes(384 - len(em))
+
+
+def _raw_sign(key: rsa.RSAPrivateKey, em: bytes) -> int:
+    """S = EM^d mod N: any encoded message, well formed or not, "signed" with the key."""
+    numbers = key.private_numbers()
+    return pow(int.from_bytes(em, "big"), numbers.d, numbers.public_numbers.n)
+
+
+DIGEST = hashlib.sha256(MESSAGE).digest()
+ENCODED_MESSAGES = {
+    "valid": _em(SHA256_INFO + DIGEST),
+    "other message": _em(SHA256_INFO + hashlib.sha256(b"other").digest()),
+    "sha1 digestinfo": _em(bytes.fromhex("3021300906052b0e03021a05000414")
+                           + hashlib.sha1(MESSAGE).digest()),
+    "no NULL parameters": _em(bytes.fromhex("302f300b0609608648016503040201") + b"\x04\x20"
+                              + DIGEST),
+    "garbage after the digest": _em(SHA256_INFO + DIGEST, ps=8, tail=b"\x01" * 100),
+    "short padding": _em(SHA256_INFO + DIGEST, ps=8),
+    "block type 2": _em(SHA256_INFO + DIGEST, head=b"\x00\x02"),
+    "no leading zero": _em(SHA256_INFO + DIGEST, head=b"\x01\x01"),
+    "bare digest": _em(DIGEST),
+}
+
+
+@pytest.mark.parametrize("name", ENCODED_MESSAGES)
+def test_rsa_check_agrees_with_openssl(key: rsa.RSAPrivateKey, name: str) -> None:
+    n = key.public_key().public_numbers().n
+    signature = _raw_sign(key, ENCODED_MESSAGES[name])
+    got = ss._rsa_check(MESSAGE, signature, n)
+    assert got == ss._rsa_check_cryptography(MESSAGE, signature, n)
+    assert got[0] is (name == "valid")
+
+
+@pytest.mark.parametrize("signature", [0, 1, 2, -1])
+def test_rsa_check_edge_signatures(key: rsa.RSAPrivateKey, signature: int) -> None:
+    n = key.public_key().public_numbers().n
+    s = n + signature if signature < 0 else signature
+    assert ss._rsa_check(MESSAGE, s, n) == ss._rsa_check_cryptography(MESSAGE, s, n)
+    assert not ss._rsa_check(MESSAGE, s, n)[0]
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(min_value=0, max_value=2**3072 - 1), st.binary(max_size=64))
+def test_rsa_check_random_signatures(key: rsa.RSAPrivateKey, s: int, message: bytes) -> None:
+    n = key.public_key().public_numbers().n
+    s %= n  # (at or above the modulus is refused before either check)
+    assert ss._rsa_check(message, s, n) == ss._rsa_check_cryptography(message, s, n)
+
+
+def test_bad_signature_in_a_sigstruct_fails(key: rsa.RSAPrivateKey, signed: Sigstruct) -> None:
+    # A signature over other data, and one off by one, with Q1/Q2 recomputed to match.
+    other = ss.sign(dataclasses.replace(signed, isv_svn=signed.isv_svn + 1), key)
+    for signature in (other.signature_int, signed.signature_int + 1):
+        q1, q2 = ss.compute_q1_q2(signature, signed.modulus_int)
+        bad = dataclasses.replace(
+            signed, signature=signature.to_bytes(384, "little"),
+            q1=q1.to_bytes(384, "little"), q2=q2.to_bytes(384, "little"))
+        result = ss.verify(bad.pack())
+        assert [c.name for c in result.failed] == ["signature"]
+        assert result.check("signature").reason == (
+            "RSA signature does not verify over the signed regions")
+
+
+def test_unusual_moduli_are_left_to_openssl(key: rsa.RSAPrivateKey) -> None:
+    even = key.public_key().public_numbers().n + 1
+    small = rsa.generate_private_key(public_exponent=3, key_size=2048)
+    for n in (even, small.public_key().public_numbers().n, 2**3071 + 1):
+        assert ss._rsa_check(MESSAGE, 5, n) == ss._rsa_check_cryptography(MESSAGE, 5, n)
+
+
+def test_even_modulus_is_refused_even_with_a_cube_root() -> None:
+    # N = 2M is 3072 bits and S^3 = EM (mod N) is made to hold; OpenSSL refuses even moduli,
+    # and so must the check that does without it.
+    m_key = rsa.generate_private_key(public_exponent=3, key_size=3071)
+    m = m_key.public_key().public_numbers().n
+    n = 2 * m
+    em = int.from_bytes(ENCODED_MESSAGES["valid"], "big")
+    root = pow(em, m_key.private_numbers().d, m)
+    s = root if root % 2 == em % 2 else root + m  # x^3 = x (mod 2)
+    assert pow(s, 3, n) == em and n.bit_length() == 3072
+    assert ss._rsa_check(MESSAGE, s, n) == ss._rsa_check_cryptography(MESSAGE, s, n)
+    assert not ss._rsa_check(MESSAGE, s, n)[0]
+
+
+def test_verify_imports_no_rsa_code(signed: Sigstruct) -> None:
+    code = (
+        "import sys\n"
+        "from geode.formats import sigstruct\n"
+        f"assert sigstruct.verify(bytes.fromhex({signed.pack().hex()!r})).ok\n"
+        "print(sorted(m for m in sys.modules if m.startswith('cryptography.hazmat')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
 
 
 # --- view ---------------------------------------------------------------------------------------

@@ -30,21 +30,25 @@ Pure format code: no I/O. Layout (offsets in bytes, integers little-endian)::
 
 The signature is RSASSA-PKCS1-v1_5 with SHA-256 over bytes 0..128 followed by 900..1028.
 MRSIGNER is SHA-256 of the 384-byte little-endian MODULUS.
+
+Verifying needs no ``cryptography``: with the exponent fixed at 3, checking a signature is
+one modular exponentiation and a comparison with the one valid encoding (as EINIT does), and
+``geode run`` checks a SIGSTRUCT at every start. Signing imports ``cryptography``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import hmac
 import struct
 from dataclasses import dataclass, field
-from typing import Any
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from typing import TYPE_CHECKING, Any
 
 from geode.errors import FormatError, SigningError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import rsa
 
 SIGSTRUCT_SIZE = 1808
 KEY_SIZE_BITS = 3072
@@ -374,6 +378,8 @@ def mrsigner(modulus_le: bytes) -> bytes:
 
 def check_signing_key(key: Any) -> rsa.RSAPrivateKey:
     """The key if SGX can use it (RSA, 3072 bits, exponent 3); SigningError otherwise."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     if not isinstance(key, rsa.RSAPrivateKey):
         raise SigningError(f"signing key must be an RSA private key, not {type(key).__name__}")
     if key.key_size != KEY_SIZE_BITS:
@@ -390,6 +396,9 @@ def sign(unsigned: Sigstruct, key: rsa.RSAPrivateKey) -> Sigstruct:
     RSASSA-PKCS1-v1_5 with SHA-256 over :func:`signed_data`; the signature is stored
     little-endian. SigningError if the key is not RSA-3072 with exponent 3.
     """
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
     check_signing_key(key)
     modulus = key.public_key().public_numbers().n
     sig_be = key.sign(signed_data(unsigned), padding.PKCS1v15(), hashes.SHA256())
@@ -532,20 +541,51 @@ def verify(data: bytes) -> SigstructVerification:
     return SigstructVerification(checks, parsed)
 
 
+#: DER prefix of the DigestInfo for SHA-256 (RFC 8017, section 9.2, note 1).
+_SHA256_DIGEST_INFO = bytes.fromhex("3031300d060960864801650304020105000420")
+
+
+def _pkcs1_v15_sha256_encoding(message: bytes, length: int = KEY_SIZE_BYTES) -> bytes:
+    """EMSA-PKCS1-v1_5 (RFC 8017, 9.2) of SHA-256(message): 00 01 FF..FF 00 DigestInfo."""
+    t = _SHA256_DIGEST_INFO + hashlib.sha256(message).digest()
+    return b"\x00\x01" + b"\xff" * (length - len(t) - 3) + b"\x00" + t
+
+
 def _rsa_check(message: bytes, signature: int, modulus: int) -> tuple[bool, str]:
     """RSASSA-PKCS1-v1_5 SHA-256 with exponent 3 (the exponent EINIT uses)."""
     if signature >= modulus:
         return False, "SIGNATURE is not below MODULUS"
+    if modulus.bit_length() == KEY_SIZE_BITS and modulus & 1:
+        # RFC 8017 8.2.2 for a 3072-bit modulus: S^3 mod M must be the one valid encoding
+        # (compared whole, so no lax parsing of the padding). Odd moduli only: OpenSSL
+        # refuses even ones, and the answer must stay what it was with cryptography.
+        em = pow(signature, RSA_EXPONENT, modulus).to_bytes(KEY_SIZE_BYTES, "big")
+        if not hmac.compare_digest(em, _pkcs1_v15_sha256_encoding(message)):
+            return False, _BAD_SIGNATURE
+        return True, _GOOD_SIGNATURE
+    return _rsa_check_cryptography(message, signature, modulus)
+
+
+_BAD_SIGNATURE = "RSA signature does not verify over the signed regions"
+_GOOD_SIGNATURE = "RSA-3072 PKCS#1 v1.5 SHA-256 signature verifies over the signed regions"
+
+
+def _rsa_check_cryptography(message: bytes, signature: int, modulus: int) -> tuple[bool, str]:
+    """:func:`_rsa_check` by OpenSSL, for moduli a valid SIGSTRUCT never has."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
     try:
         public = rsa.RSAPublicNumbers(RSA_EXPONENT, modulus).public_key()
         public.verify(
             signature.to_bytes(KEY_SIZE_BYTES, "big"), message, padding.PKCS1v15(), hashes.SHA256()
         )
     except InvalidSignature:
-        return False, "RSA signature does not verify over the signed regions"
+        return False, _BAD_SIGNATURE
     except ValueError as e:
         return False, f"MODULUS is not a usable RSA modulus ({e})"
-    return True, "RSA-3072 PKCS#1 v1.5 SHA-256 signature verifies over the signed regions"
+    return True, _GOOD_SIGNATURE
 
 
 # --- viewer ----------------------------------------------------------------------------------
