@@ -618,8 +618,6 @@ def test_interrupt_gets_no_reply(h: Harness) -> None:
     assert h.replies() == []
 
 
-@pytest.mark.xfail(strict=True, reason="FORGET to an ops object without forget() is answered "
-                   "ENOSYS; the protocol (and libfuse's fuse_reply_none) gives FORGET no reply")
 @pytest.mark.parametrize("opcode", [OP_FORGET, OP_BATCH_FORGET])
 def test_forget_without_a_forget_handler_gets_no_reply(opcode: int) -> None:
     harness = Harness(Minimal())
@@ -669,8 +667,6 @@ def test_other_exceptions_give_eio_and_the_session_goes_on(h: Harness,
     assert parse_attr(h.ok(OP_GETATTR, bytes(16)), 16).ino == 5
 
 
-@pytest.mark.xfail(strict=True, reason="an OSError raised by a handler (not by the reply write) "
-                   "escapes Session._dispatch, which would end the session, instead of EIO")
 @pytest.mark.parametrize("exc", [PermissionError(errno.EPERM, "x"),
                                  FileNotFoundError(errno.ENOENT, "x"), OSError(errno.ENODEV, "x")])
 def test_handler_oserror_gives_eio(h: Harness, exc: OSError) -> None:
@@ -778,9 +774,6 @@ def test_zero_and_negative_timeouts(h: Harness) -> None:
     assert (e.entry_valid, e.entry_valid_nsec, e.attr_valid, e.attr_valid_nsec) == (0, 0, 0, 0)
 
 
-@pytest.mark.xfail(strict=True, reason="times before 1970 do not fit struct 'Q': packing raises "
-                   "struct.error and LOOKUP/GETATTR fail with EIO (libfuse stores the seconds "
-                   "two's complement; the kernel reads them as a signed time64_t)")
 def test_times_before_the_epoch(h: Harness) -> None:
     a = make_attr()
     a.st_mtime_ns = -1_500_000_000          # 1969-12-31T23:59:58.5
@@ -1293,8 +1286,6 @@ def test_serve_survives_handler_bugs_and_gone_requests(monkeypatch: pytest.Monke
         s.close()
 
 
-@pytest.mark.xfail(strict=True, reason="an OSError from a handler escapes _dispatch: the reader "
-                   "thread dies, serve() re-raises it and the connection is never answered again")
 def test_serve_survives_a_handler_oserror() -> None:
     ops = Recorder()
 

@@ -212,9 +212,23 @@ class ReaddirToken:
         self.used = 0
 
 
+class _DeviceGone(Exception):
+    """The connection was aborted or unmounted while a reply was being written."""
+
+
+def _reply_failed(e: OSError) -> None:
+    if e.errno == errno.ENOENT:  # the request was interrupted: nobody waits for the reply
+        return
+    if e.errno == errno.ENODEV:
+        raise _DeviceGone from None
+    raise e  # a reply the kernel rejected (EINVAL): a bug of this module
+
+
 def _ns(t: int) -> tuple[int, int]:
+    """Seconds and nanoseconds of a time in ns; the seconds as the kernel's u64 field holds
+    a signed time64_t (times before 1970 are negative)."""
     sec, nsec = divmod(t, 1_000_000_000)
-    return sec, nsec
+    return sec & 0xFFFF_FFFF_FFFF_FFFF, nsec
 
 
 def _timeout(seconds: float) -> tuple[int, int]:
@@ -263,6 +277,8 @@ class Operations:
     def destroy(self) -> None:
         """Called when the kernel ends the connection (DESTROY, or the device closed)."""
 
+
+_NO_REPLY = frozenset((FORGET, BATCH_FORGET, INTERRUPT))
 
 _TYPE_NAMES = {LOOKUP: "lookup", FORGET: "forget", GETATTR: "getattr", SETATTR: "setattr",
                READLINK: "readlink", SYMLINK: "symlink", MKNOD: "mknod", MKDIR: "mkdir",
@@ -361,15 +377,13 @@ class Session:
         try:
             os.writev(self.fd, [_OUT_HEADER.pack(size, 0, unique), *parts])
         except OSError as e:
-            if e.errno != errno.ENOENT:  # ENOENT: the request is no longer waited for
-                raise
+            _reply_failed(e)
 
     def _error(self, unique: int, err: int) -> None:
         try:
             os.write(self.fd, _OUT_HEADER.pack(_OUT_HEADER.size, -err, unique))
         except OSError as e:
-            if e.errno != errno.ENOENT:
-                raise
+            _reply_failed(e)
 
     def _worker(self) -> None:
         try:
@@ -418,29 +432,37 @@ class Session:
         """Handle one request; False when the connection is over."""
         length, opcode, unique, nodeid, uid, gid, pid, extlen, _ = _IN_HEADER.unpack_from(buf)
         body = memoryview(buf)[_IN_HEADER.size:length - extlen * 8]
-        if opcode == INIT:
-            self._init(unique, body)
-            return True
-        if opcode == DESTROY:
-            self._reply(unique)
-            return False
-        if opcode == INTERRUPT:
-            return True  # handlers are not interruptible; the original request gets its reply
-        handler = self._handlers.get(opcode)
-        if handler is None or not self._initialized:
-            self._error(unique, errno.ENOSYS)
-            return True
         try:
-            handler(unique, nodeid, RequestContext(uid, gid, pid), body)
+            if opcode == INIT:
+                self._init(unique, body)
+                return True
+            if opcode == DESTROY:
+                self._reply(unique)
+                return False
+            if opcode in _NO_REPLY:
+                handler = self._handlers.get(opcode)
+                if handler is not None and self._initialized:
+                    handler(unique, nodeid, None, body)
+                return True  # INTERRUPT: handlers are not interruptible, the request is answered
+            handler = self._handlers.get(opcode)
+            if handler is None or not self._initialized:
+                self._error(unique, errno.ENOSYS)
+                return True
+            try:
+                handler(unique, nodeid, RequestContext(uid, gid, pid), body)
+            except (FUSEError, _DeviceGone):
+                raise
+            except Exception:  # the handler's bug, or a malformed request: the request fails
+                log.exception("internal error handling FUSE opcode %d", opcode)
+                self._error(unique, errno.EIO)
         except FUSEError as e:
             self._error(unique, e.errno)
-        except OSError as e:  # writing the reply failed: the kernel side is gone
-            if e.errno == errno.ENODEV:
-                return False
-            raise
-        except Exception:
-            log.exception("internal error handling FUSE opcode %d", opcode)
-            self._error(unique, errno.EIO)
+        except _DeviceGone:
+            return False
+        except struct.error:  # a request shorter than its opcode's layout (INIT, FORGET)
+            log.error("malformed FUSE request (opcode %d)", opcode)
+            if opcode not in _NO_REPLY:
+                self._error(unique, errno.EIO)
         return True
 
     def _init(self, unique: int, body: memoryview) -> None:
@@ -507,7 +529,7 @@ class Session:
         name, _ = _name(body)
         self._entry(unique, self.ops.lookup(nodeid, name, ctx))  # type: ignore[attr-defined]
 
-    def _forget(self, unique: int, nodeid: int, ctx: RequestContext, body: memoryview) -> None:
+    def _forget(self, unique: int, nodeid: int, ctx: object, body: memoryview) -> None:
         (n,) = _FORGET_IN.unpack_from(body)
         self._call_forget([(nodeid, n)])
 
