@@ -35,10 +35,8 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
-import platform
 import struct
 import sys
-import tempfile
 from functools import cache
 from pathlib import Path
 
@@ -79,11 +77,20 @@ def _dist_version(name: str) -> str:
         return "absent"
 
 
+def _python_implementation() -> str:
+    """``platform.python_implementation()``, without importing ``platform`` on CPython."""
+    if sys.implementation.name == "cpython":
+        return "CPython"
+    import platform
+
+    return platform.python_implementation()
+
+
 @cache
 def runtime_identity_text() -> str:
     """The canonical identity file text of the running Geode installation."""
     lines = [
-        f"python {platform.python_implementation()} "
+        f"python {_python_implementation()} "
         f"{sys.version_info.major}.{sys.version_info.minor}"
     ]
     lines += [f"dist {name} {_dist_version(name)}" for name in RUNTIME_DISTRIBUTIONS]
@@ -108,6 +115,8 @@ def libos_path() -> Path:
             return path
     except OSError:
         pass
+    import tempfile  # only when the file is (re)written
+
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".libgeode.")
     try:

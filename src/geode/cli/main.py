@@ -3,30 +3,45 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from geode import __version__
-from geode.cli import argv_serializer, manifest, pf, quote, ratls, run, secret_prov, signing, tee
 from geode.cli.common import Command, invoke
 
-COMMANDS: tuple[Command, ...] = (
-    run.RUN,
-    manifest.MANIFEST,
-    manifest.MANIFEST_CHECK,
-    signing.SIGN,
-    signing.GEN_KEY,
-    signing.SIGSTRUCT,
-    signing.MEASURE,
-    signing.IDENTITY,
-    pf.COMMAND,
-    quote.COMMAND,
-    tee.COMMAND,
-    ratls.COMMAND,
-    secret_prov.COMMAND,
-    argv_serializer.COMMAND,
+#: The subcommands in ``geode --help`` order: (name, module in geode.cli, attribute). Only the
+#: module of the command being run is imported, so that ``geode run`` does not load, say,
+#: the RA-TLS server's asyncio or the quote verifier.
+_COMMAND_SOURCES: tuple[tuple[str, str, str], ...] = (
+    ("run", "run", "RUN"),
+    ("manifest", "manifest", "MANIFEST"),
+    ("manifest-check", "manifest", "MANIFEST_CHECK"),
+    ("sign", "signing", "SIGN"),
+    ("gen-key", "signing", "GEN_KEY"),
+    ("sigstruct", "signing", "SIGSTRUCT"),
+    ("measure", "signing", "MEASURE"),
+    ("identity", "signing", "IDENTITY"),
+    ("pf", "pf", "COMMAND"),
+    ("quote", "quote", "COMMAND"),
+    ("tee", "tee", "COMMAND"),
+    ("ratls", "ratls", "COMMAND"),
+    ("secret-prov", "secret_prov", "COMMAND"),
+    ("argv-serializer", "argv_serializer", "COMMAND"),
 )
+
+
+def _load(module: str, attribute: str) -> Command:
+    command: Command = getattr(importlib.import_module(f"geode.cli.{module}"), attribute)
+    return command
+
+
+def __getattr__(name: str) -> Any:
+    if name == "COMMANDS":  # every command, in --help order (imports every command module)
+        return tuple(_load(module, attr) for _, module, attr in _COMMAND_SOURCES)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -38,9 +53,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"geode {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for command in COMMANDS:
-        if only is not None and command.name != only:
+    for name, module, attr in _COMMAND_SOURCES:
+        if only is not None and name != only:
             continue
+        command = _load(module, attr)
         p = sub.add_parser(command.name, help=command.help, description=command.help)
         command.add_arguments(p)
         p.set_defaults(_handler=command.handler)
@@ -50,7 +66,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(format="geode: %(message)s", level=logging.WARNING)
     argv = list(sys.argv[1:] if argv is None else argv)
-    names = {c.name for c in COMMANDS}
+    names = {name for name, _, _ in _COMMAND_SOURCES}
     only = argv[0] if argv and argv[0] in names else None
     args = build_parser(only).parse_args(argv)
     return invoke("geode", args._handler, args)

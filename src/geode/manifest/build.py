@@ -9,8 +9,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import tomli_w
-
 from geode.errors import ManifestError
 from geode.manifest import schema, tomlio
 from geode.measurement import libos_path
@@ -60,4 +58,6 @@ def loads(data: bytes, *, name: str) -> dict[str, Any]:
 
 def dumps(manifest: Mapping[str, Any]) -> bytes:
     """Serialize a manifest the way Gramine does (TOML via tomli-w)."""
+    import tomli_w  # only signing and rendering write manifests; running reads them
+
     return tomli_w.dumps(dict(manifest)).encode("utf-8")

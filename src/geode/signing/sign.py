@@ -15,10 +15,9 @@ from typing import Any
 
 from geode.errors import GeodeError, SigningError
 from geode.formats import sigstruct
-from geode.manifest import build, schema, trusted
+from geode.manifest import build, schema
 from geode.measurement import measure
 from geode.signing.attributes import sgx_attributes
-from geode.signing.keys import load_private_key
 
 
 @dataclass(frozen=True)
@@ -58,7 +57,10 @@ def sign_manifest(
     progress: bool | None = None,
 ) -> Signed:
     """Write ``output`` (.manifest.sgx) and the .sig; both or neither."""
+    # Imported here: check_signed_manifest, on every run's path, needs neither.
     from geode.fsutil import output_files
+    from geode.manifest import trusted
+    from geode.signing.keys import load_private_key
 
     manifest = build.load(manifest_path)
     schema.check(manifest, source=str(manifest_path))

@@ -1,0 +1,65 @@
+"""Starting a program loads only what starting it needs (start-up time is what users feel)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from geodetest import run
+
+from geode.cli import main
+
+TEMPLATE = """\
+libos.entrypoint = "/app"
+fs.mounts = [{ path = "/app", uri = "file:app" }]
+sgx.trusted_files = ["file:app"]
+"""
+
+#: Modules only some runs need: RA-TLS and secret provisioning, quote verification, RSA
+#: (signing), TOML writing, importlib.metadata, the old FUSE stack.
+NOT_ON_THE_RUN_PATH = (
+    "asyncio", "ssl", "cryptography.x509", "cryptography.hazmat.primitives.asymmetric.rsa",
+    "geode.ratls", "geode.verify", "geode.cli.secret_prov", "geode.cli.quote", "tomli_w",
+    "importlib.metadata", "trio", "pyfuse3",
+)
+
+LOAD = """\
+import json, sys, types
+from geode.cli import main
+main.build_parser("run")
+from geode.cli.run import load_for_run
+manifest, path, identity = load_for_run(None, "app")
+from geode.runtime.provision import provision_before_start
+spec = types.SimpleNamespace(env={"PATH": "/bin"})
+assert provision_before_start(spec, None, None, {}) is spec
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def test_command_table_names_each_command() -> None:
+    assert [c.name for c in main.COMMANDS] == [name for name, _, _ in main._COMMAND_SOURCES]
+
+
+def test_provisioning_variable_named_once() -> None:
+    from geode.ratls import secret_prov
+    from geode.runtime import provision
+
+    assert provision.ENV_CONSTRUCTOR == secret_prov.ENV_CONSTRUCTOR
+
+
+def test_loading_a_signed_manifest_imports_little(
+    tmp_path: Path, geode_env: dict[str, str]
+) -> None:
+    (tmp_path / "app").write_bytes(b"#!/bin/sh\necho app\n")
+    (tmp_path / "app.manifest.template").write_text(TEMPLATE)
+    run(["gramine-manifest", "app.manifest.template", "app.manifest"], geode_env, cwd=tmp_path)
+    run(["gramine-sgx-sign", "-q", "-m", "app.manifest", "-o", "app.manifest.sgx"], geode_env,
+        cwd=tmp_path)
+    out = subprocess.run([sys.executable, "-c", LOAD], env=geode_env, cwd=tmp_path,
+                         capture_output=True, text=True, check=True).stdout
+    loaded = json.loads(out)
+    unwanted = [m for m in loaded
+                if any(m == name or m.startswith(name + ".") for name in NOT_ON_THE_RUN_PATH)]
+    assert unwanted == []
