@@ -40,6 +40,7 @@ from enum import Enum
 from typing import Any, NoReturn
 
 from geode.errors import ManifestError
+from geode.manifest import expanded
 
 __all__ = [
     "AbsPathType",
@@ -1093,6 +1094,9 @@ class _Checker:
                     path,
                     self._with_hint(pattern, value, f"expected an array, got {_shown(value)}"),
                 )
+            all_ok = _FAST_ARRAY_CHECKS.get(pattern)
+            if all_ok is not None and all_ok(value):
+                return
             fast = _FAST_ITEM_CHECKS.get(pattern)
             for index, item in enumerate(value):
                 if fast is not None and fast(item):
@@ -1240,8 +1244,22 @@ def _expanded_trusted_entry_ok(item: object) -> bool:
     )
 
 
+def _expanded_trusted_entries_ok(items: list[Any]) -> bool:
+    """True if :func:`_expanded_trusted_entry_ok` holds for every item, checked all at once
+    (a few ms instead of ~8 for the ~10,000 entries of a signed manifest)."""
+    cols = expanded.columns(items)
+    if cols is None or set(map(len, items)) != {2}:
+        return False
+    text = expanded.file_uris_text(cols[0])
+    return text is not None and "\0file:\0" not in text and "/\0" not in text
+
+
 _FAST_ITEM_CHECKS: dict[str, Callable[[object], bool]] = {
     "sgx.trusted_files": _expanded_trusted_entry_ok,
+}
+#: Whole-array checks tried first; when one fails, the items are checked one by one.
+_FAST_ARRAY_CHECKS: dict[str, Callable[[list[Any]], bool]] = {
+    "sgx.trusted_files": _expanded_trusted_entries_ok,
 }
 
 

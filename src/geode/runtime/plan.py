@@ -31,7 +31,6 @@ normalized text ``<uri_path>/<path inside the mount>``, not to an absolute host 
 
 from __future__ import annotations
 
-import operator
 import posixpath
 import re
 from collections.abc import Iterator, Mapping
@@ -41,6 +40,7 @@ from types import MappingProxyType
 from typing import Any
 
 from geode.errors import ManifestError
+from geode.manifest import expanded
 
 __all__ = ["MOUNT_TYPES", "Mount", "ViewPlan", "normalize_view_path"]
 
@@ -229,11 +229,10 @@ def _trusted_table_checked(raw_trusted: list[Any], base_str: str) -> dict[str, s
     return trusted
 
 
-_get_uri = operator.itemgetter("uri")
-_get_sha256 = operator.itemgetter("sha256")
-# Over NUL-separated "file:..." URIs: a "/" followed by "/", "." or the end of the URI (an
-# empty component, any dot-led one, a trailing "/"), or a path that is empty or starts
-# with a dot. Dot-led names that are not "." or ".." are legal, but rare: the loop takes them.
+# Over the URIs joined by NULs (geode.manifest.expanded): a "/" followed by "/", "." or the end
+# of the URI (an empty component, any dot-led one, a trailing "/"), or a path that is empty or
+# starts with a dot. Dot-led names other than "." and ".." are legal, but rare: the loop takes
+# them.
 _ABNORMAL_PATH_RE = re.compile(r"/[/.\0]")
 _ABNORMAL_START_RE = re.compile(r"\0file:[.\0]")
 
@@ -241,41 +240,22 @@ _ABNORMAL_START_RE = re.compile(r"\0file:[.\0]")
 def _trusted_table_fast(raw_trusted: list[Any], base_str: str) -> dict[str, str] | None:
     """:func:`_trusted_table` for the shape rendered manifests have, checked all at once.
 
-    A signed manifest can list ~10,000 trusted files, and checking them one by one took
-    ~25 ms of every start. The shape: every entry a dict whose "sha256" is a str of 64 hex
-    digits and whose "uri" is a str "file:" plus a path ``posixpath.normpath`` leaves alone
-    (no NUL, no empty or dot-led component, no trailing "/"), absolute or relative to a
-    normal ``base_str``; no host path twice. The per-entry loop accepts every such entry and
-    computes the same table; for anything else this returns None, and the loop decides (and
-    words the errors).
+    Checking ~10,000 trusted files one by one took ~25 ms of every start. The shape: every
+    entry a dict whose "sha256" is a str of 64 hex digits and whose "uri" is a str "file:"
+    plus a path ``posixpath.normpath`` leaves alone (no NUL, no empty or dot-led component,
+    no trailing "/"), absolute or relative to a normal ``base_str``; no host path twice. The
+    per-entry loop accepts every such entry and computes the same table; for anything else
+    this returns None, and the loop decides (and words the errors).
     """
-    n = len(raw_trusted)
-    if set(map(type, raw_trusted)) != {dict}:
+    cols = expanded.columns(raw_trusted)
+    if cols is None:
         return None
-    try:
-        uris = list(map(_get_uri, raw_trusted))
-        shas = list(map(_get_sha256, raw_trusted))
-    except KeyError:
+    uris, shas = cols
+    text = expanded.file_uris_text(uris)
+    if text is None or _ABNORMAL_PATH_RE.search(text) or _ABNORMAL_START_RE.search(text):
         return None
-    if set(map(type, uris)) != {str} or set(map(type, shas)) != {str}:
-        return None
-    if set(map(len, shas)) != {64}:
-        return None
-    joined_shas = "".join(shas)
-    try:
-        # fromhex skips ASCII whitespace, which would leave fewer than 32 bytes per hash.
-        if len(bytes.fromhex(joined_shas)) != 32 * n:
-            return None
-    except ValueError:
-        return None
-    # Every URI led by a NUL, which none may contain: a few scans check them all.
-    text = "\0" + "\0".join(uris) + "\0"
-    if (text.count("\0") != n + 1 or not text.startswith("\0file:")
-            or _ABNORMAL_PATH_RE.search(text) or _ABNORMAL_START_RE.search(text)):
-        return None
+    n = len(uris)
     paths = text[len("\0file:"):-1].split("\0file:")
-    if len(paths) != n:
-        return None  # a URI that is not "file:"
     if text.count("\0file:/") == n:
         hosts = paths
     elif _is_normal_abs(base_str):
@@ -283,6 +263,7 @@ def _trusted_table_fast(raw_trusted: list[Any], base_str: str) -> dict[str, str]
         hosts = [p if p[0] == "/" else prefix + p for p in paths]
     else:
         return None
+    joined_shas = "".join(shas)
     if joined_shas.lower() != joined_shas:
         shas = [s.lower() for s in shas]
     trusted = dict(zip(hosts, shas, strict=True))

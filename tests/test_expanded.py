@@ -1,4 +1,8 @@
-"""The view plan's all-at-once check of sgx.trusted_files agrees with its per-entry loop."""
+"""All-at-once checks of sgx.trusted_files agree with the entry-by-entry ones they shortcut.
+
+The view plan's table (plan._trusted_table_fast vs the checked loop) and the schema's check
+(schema._expanded_trusted_entries_ok vs _expanded_trusted_entry_ok on each entry).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from geode.errors import ManifestError
+from geode.manifest import schema
 from geode.runtime import plan
 
 SHA = "a83c0370d91532c96d4060a0e7c107d1f2889dad8a98e03395e86ef0373fd467"
@@ -116,3 +121,47 @@ def test_real_shape_and_order(tmp_path: Path) -> None:
     assert list(p.trusted_paths) == [f"/usr/lib/m{i}.py" for i in range(50)] + [
         f"{tmp_path}/scripts/x.py"]
     assert set(p.trusted_paths.values()) == {SHA}
+
+
+# ----------------------------------------------------------------------- the schema's check
+
+two_key_entries = st.builds(lambda uri, sha: {"uri": uri, "sha256": sha}, uris, shas)
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(good_entries, good_entries, entries, odd_sha_entries,
+                          two_key_entries), min_size=1, max_size=8))
+def test_schema_array_check_is_every_item_check(raw: list[Any]) -> None:
+    each = all(schema._expanded_trusted_entry_ok(item) for item in raw)
+    assert schema._expanded_trusted_entries_ok(raw) == each
+
+
+@pytest.mark.parametrize("uri", ["file:", "file:/a/", "file:/", "dev:/a", "file:/a\0b", "/a"])
+def test_schema_array_check_refuses(uri: str) -> None:
+    raw = [{"uri": "file:/ok", "sha256": SHA}, {"uri": uri, "sha256": SHA}]
+    assert not schema._expanded_trusted_entries_ok(raw)
+    assert not all(schema._expanded_trusted_entry_ok(item) for item in raw)
+
+
+def _check_outcome(manifest: dict[str, Any]) -> str:
+    try:
+        schema.check(manifest)
+    except ManifestError as e:
+        return str(e)
+    return "ok"
+
+
+def test_schema_outcomes_unchanged_by_the_array_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    good = [{"uri": f"file:/f{i}", "sha256": SHA} for i in range(20)]
+    manifests = [
+        {"libos": {"entrypoint": "/x"}, "fs": {"mounts": []},
+         "sgx": {"trusted_files": [*good, last]}}
+        for last in ({"uri": "file:/d/", "sha256": SHA}, {"uri": "file:/x", "sha256": "00"},
+                     {"uri": 5, "sha256": SHA}, {"uri": "file:/x"}, {"uri": "file:/d/"},
+                     {"uri": "file:/x", "sha256": SHA, "extra": 1}, "file:/s",
+                     {"uri": "file:/y", "sha256": SHA.upper()})
+    ]
+    got = [_check_outcome(m) for m in manifests]
+    monkeypatch.setattr(schema, "_FAST_ARRAY_CHECKS", {})
+    assert got == [_check_outcome(m) for m in manifests]
+    assert got[-1] == "ok" and got[0] != "ok"
