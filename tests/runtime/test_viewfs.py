@@ -228,6 +228,26 @@ def test_changes_after_verification_never_reach_the_program(
         assert results[2] == errno.EIO
 
 
+def test_stored_file_read_again_from_the_host_after_its_pages_were_dropped(
+        start_view: StartView, tmp_path: Path) -> None:
+    """A verified file pushed into the page cache gets its chunk table only when a read
+    reaches the view; the bytes are the verified ones, whatever the offset."""
+    root = tmp_path / "root"
+    root.mkdir()
+    original = os.urandom(300 * KiB + 7)
+    (root / "f.bin").write_bytes(original)
+    view = start_view(base_manifest(root, [root / "f.bin"]))
+    vpath = view.mnt / "f.bin"
+    assert vpath.read_bytes() == original  # verified and pushed into the page cache
+    for offset in (0, 16 * KiB - 3, len(original) - 10):
+        drop_cache(vpath)
+        assert read_or_errno(vpath, offset, 5000) == original[offset:offset + 5000]
+    stats = view.stop()
+    assert stats["read"] >= 3  # the reads did reach the view
+    assert stats["verified_bytes"] == len(original)  # the re-hash is not a new verification
+    assert "changed after verification" not in view.log_text()
+
+
 def test_big_trusted_file_is_read_in_large_verified_requests(start_view: StartView,
                                                              tmp_path: Path) -> None:
     root = tmp_path / "root"

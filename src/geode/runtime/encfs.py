@@ -67,13 +67,29 @@ import os
 import stat
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from geode.errors import GeodeError
-from geode.formats.pf import PfError, PfIOError, ProtectedFile, norm_path
-from geode.formats.pf import layout as L
 from geode.runtime import fuse
 from geode.runtime.plan import Mount
+
+if TYPE_CHECKING:
+    from geode.formats.pf import ProtectedFile
+
+
+def _pf() -> ModuleType:
+    """The protected-files library. Imported on first use: it loads cryptography's ciphers,
+    which a view without encrypted mounts never needs (start-up time of every run)."""
+    import geode.formats.pf
+
+    return geode.formats.pf
+
+
+def _layout() -> ModuleType:
+    from geode.formats.pf import layout
+
+    return layout
 
 __all__ = [
     "CACHE_NODES",
@@ -110,7 +126,7 @@ ParentOpener = Callable[[Mount, str], tuple[int, str]]
 def bound_path(mount: Mount, rel: str) -> str:
     """The path a file ``rel`` below encrypted ``mount`` is bound to (Gramine's rule)."""
     base = mount.uri_path if mount.uri_path is not None else "."
-    return norm_path(f"{base}/{rel}" if rel else base)
+    return str(_pf().norm_path(f"{base}/{rel}" if rel else base))
 
 
 def derive_seal_keys(tee: Any) -> dict[str, bytes]:
@@ -307,13 +323,15 @@ class EncryptedFiles:
     def _open_pf(fd: int, key: bytes, path: str, label: str, *, new: bool, readonly: bool,
                  rec_fd: int | None, cache: int) -> ProtectedFile:
         try:
-            return ProtectedFile.open(fd, key=key, path=path, create=new, readonly=readonly,
-                                      cache_nodes=cache, name=label, recovery=rec_fd)
-        except PfError as e:
+            pf: ProtectedFile = _pf().ProtectedFile.open(
+                fd, key=key, path=path, create=new, readonly=readonly, cache_nodes=cache,
+                name=label, recovery=rec_fd)
+            return pf
+        except _pf().PfError as e:  # evaluated only when something was raised
             log.error("encrypted file %s cannot be opened (%s): %s; access denied", label,
                       e.kind.value, e)
             raise _fail(errno.EACCES) from None
-        except PfIOError as e:
+        except _pf().PfIOError as e:
             log.error("encrypted file %s: host I/O error: %s", label, e)
             raise _fail(e.errno or errno.EIO) from None
         except GeodeError as e:  # e.g. a bound path longer than the format allows
@@ -383,12 +401,12 @@ class EncryptedFiles:
             raise _fail(errno.EACCES)
         try:
             return fn(*args)
-        except PfError as e:
+        except _pf().PfError as e:  # evaluated only when something was raised
             ef.failed = True
             log.error("encrypted file %s is corrupt or was changed on the host (%s while "
                       "%s): %s; access denied", ef.label, e.kind.value, what, e)
             raise _fail(errno.EACCES) from None
-        except PfIOError as e:
+        except _pf().PfIOError as e:
             log.error("encrypted file %s: host I/O error while %s: %s", ef.label, what, e)
             raise _fail(e.errno or errno.EIO) from None
         except GeodeError as e:
@@ -484,7 +502,7 @@ class EncryptedFiles:
         ef = self._files.get((m.index, st.st_dev, st.st_ino))
         if ef is not None:
             return ef.size
-        if st.st_size < L.NODE_SIZE or not self.key_available(m):
+        if st.st_size < _layout().NODE_SIZE or not self.key_available(m):
             return None
         name_key = m.key_name or "default"
         ck = (m.index, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
@@ -500,7 +518,8 @@ class EncryptedFiles:
                 os.close(pfd)
             try:
                 if stat.S_ISREG(os.fstat(fd).st_mode):
-                    size = _metadata_size(os.pread(fd, L.NODE_SIZE, 0), self.keys[name_key])
+                    size = _metadata_size(os.pread(fd, _layout().NODE_SIZE, 0),
+                                          self.keys[name_key])
             finally:
                 os.close(fd)
         except (OSError, ValueError):
@@ -528,6 +547,7 @@ class EncryptedFiles:
 
 def _metadata_size(node0: bytes, key: bytes) -> int | None:
     """The size recorded in a metadata node, or None if it does not authenticate."""
+    L = _layout()  # noqa: N806 - the module alias used throughout the format library
     if len(node0) != L.NODE_SIZE:
         return None
     header = L.unpack_header(node0)

@@ -46,10 +46,12 @@ What the program sees
 
   - directories can always be looked up, listed and stat'ed (so paths can be traversed);
   - *trusted* files are read-only (opening for writing, truncating, chmod, utimes, unlink and
-    rename give EACCES). The first open reads the whole file once, computing its SHA-256 and a
-    table of truncated (128-bit) SHA-256 hashes of each 16 KiB chunk; a mismatch with the
-    manifest gives EACCES and an error log line naming the file. Only the chunk table is kept
-    (16 bytes per 16 KiB). Every later read from the host is re-verified chunk by chunk, so
+    rename give EACCES). The first open reads the whole file once, computing its SHA-256 (and,
+    for a file too big to be pushed into the page cache, a table of truncated 128-bit SHA-256
+    hashes of each 16 KiB chunk); a mismatch with the manifest gives EACCES and an error log
+    line naming the file. Only the chunk table is kept (16 bytes per 16 KiB). Every later read
+    from the host is re-verified chunk by chunk (a file that was pushed into the page cache
+    gets its table at the first read that reaches the view, by hashing it whole again), so
     the program gets exactly the verified bytes, or EIO if the host file changed (TOCTOU);
     size and times of a verified file are frozen at verification;
   - *allowed* files (an ``sgx.allowed_files`` entry and everything below it) are read-write
@@ -237,9 +239,10 @@ def _pread_full(fd: int, size: int, offset: int) -> bytes:
 _full_hasher: concurrent.futures.ThreadPoolExecutor | None = None
 
 
-def _hash_fd(fd: int, size: int, *, keep: bool = False,
-             parallel: bool = False) -> tuple[str, bytes, list[bytes] | None]:
-    """Whole-file SHA-256 (hex), chunk table and (with ``keep``) the blocks read.
+def _hash_fd(fd: int, size: int, *, keep: bool = False, parallel: bool = False,
+             table: bool = True) -> tuple[str, bytes, list[bytes] | None]:
+    """Whole-file SHA-256 (hex), chunk table (empty without ``table``) and (with ``keep``) the
+    blocks read.
 
     Hashes the first ``size`` bytes of ``fd``; raises OSError(ENODATA) if the file is
     shorter. With ``parallel`` the whole-file hash runs on a helper thread while this one
@@ -247,7 +250,7 @@ def _hash_fd(fd: int, size: int, *, keep: bool = False,
     """
     global _full_hasher
     full = hashlib.sha256()
-    table = bytearray()
+    chunks = bytearray()
     blocks: list[bytes] | None = [] if keep else None
     sha256 = hashlib.sha256
     pending: concurrent.futures.Future[None] | None = None
@@ -266,16 +269,17 @@ def _hash_fd(fd: int, size: int, *, keep: bool = False,
                 pending = _full_hasher.submit(full.update, block)
             else:
                 full.update(block)
-            mv = memoryview(block)
-            for i in range(0, n, CHUNK_SIZE):
-                table += sha256(mv[i:i + CHUNK_SIZE]).digest()[:CHUNK_HASH_SIZE]
+            if table:
+                mv = memoryview(block)
+                for i in range(0, n, CHUNK_SIZE):
+                    chunks += sha256(mv[i:i + CHUNK_SIZE]).digest()[:CHUNK_HASH_SIZE]
             if blocks is not None:
                 blocks.append(block)
             pos += n
     finally:
         if pending is not None:
             pending.result()
-    return full.hexdigest(), bytes(table), blocks
+    return full.hexdigest(), bytes(chunks), blocks
 
 
 # ------------------------------------------------------------------------------------------
@@ -465,8 +469,11 @@ class Node:
     role: str | None = None  # "attestation" or "keys" for those pseudo directories
     target: str | None = None  # virtual symlink target
     pseudo: PseudoFile | None = None
-    chunks: bytes | None = None  # trusted: per-chunk hash table once verified
-    vstat: os.stat_result | None = None  # trusted: attributes frozen at verification
+    #: trusted: per-chunk hash table (built at verification, or for a file pushed into the
+    #: page cache, at the first read that reaches the view)
+    chunks: bytes | None = None
+    #: trusted: attributes frozen at verification (set once it succeeded)
+    vstat: os.stat_result | None = None
     lock: threading.Lock | None = None
     handles: set[int] = field(default_factory=set)
     listing: list[tuple[str, Any]] | None = None
@@ -1399,10 +1406,12 @@ class ViewFS(fuse.Operations):
             if size >= THREAD_HASH_MIN:
                 # a big file: other requests are served while it is hashed
                 with self._released():
-                    digest, table, blocks = _hash_fd(fd, size, keep=keep,
+                    digest, table, blocks = _hash_fd(fd, size, keep=keep, table=not keep,
                                                      parallel=size >= PARALLEL_HASH_MIN)
             else:
-                digest, table, blocks = _hash_fd(fd, size, keep=keep)
+                # A file pushed into the page cache is read from the host again only if the
+                # kernel drops its pages; its chunk table waits until then (one pass now).
+                digest, table, blocks = _hash_fd(fd, size, keep=keep, table=not keep)
         except OSError as e:
             log.error("cannot verify trusted file %s (host %s): %s", node.vpath, node.host,
                       e.strerror)
@@ -1412,7 +1421,7 @@ class ViewFS(fuse.Operations):
             log.error("trusted file %s (host %s) does not match its sha256 in the manifest; "
                       "access denied", node.vpath, node.host)
             raise _fail(errno.EACCES)
-        node.chunks = table
+        node.chunks = None if keep else table
         node.vstat = st
         log.debug("verified trusted file %s (%d bytes)", node.vpath, size)
         if blocks:
@@ -1452,7 +1461,7 @@ class ViewFS(fuse.Operations):
                 log.error("refusing to open trusted file %s (host %s) for writing", node.vpath,
                           node.host)
                 raise _fail(errno.EACCES)
-            if node.chunks is not None:
+            if node.vstat is not None:
                 # Verified before: its pages are in the kernel's cache, so most opens (every
                 # exec of a binary, every load of a library) never read. The host file is
                 # opened by the first read that reaches the view.
@@ -1460,11 +1469,11 @@ class ViewFS(fuse.Operations):
                 return fuse.FileInfo(fh=fh, keep_cache=True, direct_io=False)
             fd = self._open_host(node, os.O_RDONLY)
             try:
-                if node.chunks is None:
+                if node.vstat is None:
                     if node.lock is None:
                         node.lock = threading.Lock()
                     with self._node_locked(node.lock):
-                        if node.chunks is None:
+                        if node.vstat is None:
                             self._verify(node, fd)
             except BaseException:
                 os.close(fd)
@@ -1523,9 +1532,8 @@ class ViewFS(fuse.Operations):
         if not h.trusted:
             return os.pread(h.fd, size, off)
         node = h.node
-        table = node.chunks
         vst = node.vstat
-        assert table is not None and vst is not None
+        assert vst is not None
         total = vst.st_size
         if off >= total or size <= 0:
             return b""
@@ -1534,6 +1542,9 @@ class ViewFS(fuse.Operations):
         stop = min(total, -(-end // CHUNK_SIZE) * CHUNK_SIZE)
         if h.fd < 0:
             h.fd = self._open_host(node, os.O_RDONLY)
+        table = node.chunks
+        if table is None:
+            table = node.chunks = self._chunk_table(node, h.fd)
         data = _pread_full(h.fd, stop - start, start)
         if len(data) != stop - start:
             log.error("trusted file %s (host %s) changed after verification (now shorter); "
@@ -1552,6 +1563,22 @@ class ViewFS(fuse.Operations):
         if start == off and stop == end:
             return data
         return data[off - start:end - start]
+
+    def _chunk_table(self, node: Node, fd: int) -> bytes:
+        """Hash a verified file again, whole and per chunk, when its pages left the kernel's
+        cache: the table is only trusted if the whole file still matches the manifest."""
+        assert node.vstat is not None
+        try:
+            with self._released():
+                digest, table, _ = _hash_fd(fd, node.vstat.st_size, table=True,
+                                            parallel=node.vstat.st_size >= PARALLEL_HASH_MIN)
+        except OSError:
+            digest, table = "", b""
+        if digest != node.sha:
+            log.error("trusted file %s (host %s) changed after verification; read refused",
+                      node.vpath, node.host)
+            raise _fail(errno.EIO)
+        return table
 
     @_op
     def write(self, fh: int, off: int, buf: bytes) -> int:
