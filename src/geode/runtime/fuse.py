@@ -23,6 +23,8 @@ Invariants
   exception is the handler's bug and becomes EIO (the operations class decides how to log).
   Operations a file system does not implement are answered ENOSYS, which makes the kernel
   stop sending most of them (FLUSH, xattrs, FSYNCDIR, ...).
+* **Request bytes are borrowed.** Each reader reuses one buffer, so the data a ``write``
+  handler gets (a memoryview) is valid only until it returns: copy what must outlive it.
 * **Readdir is always READDIRPLUS.** Each entry the handler adds with :func:`readdir_reply`
   except ``.`` and ``..`` counts as a lookup of its inode (the kernel's rule).
 * A reply the kernel no longer waits for (the request was interrupted, or the connection is
@@ -393,10 +395,13 @@ class Session:
             self._end()
 
     def _read_loop(self) -> None:
-        fd, size = self.fd, self._bufsize
+        # One buffer per reader, reused: os.read would allocate (and fault in) a fresh
+        # max_write-sized object for every request.
+        fd, buf = self.fd, bytearray(self._bufsize)
+        whole = memoryview(buf)
         while not self._ended.is_set():
             try:
-                buf = os.read(fd, size)
+                n = os.readv(fd, [buf])
             except OSError as e:
                 if e.errno in (errno.EINTR, errno.EAGAIN, errno.ENOENT):
                     continue  # ENOENT: the request was interrupted before we read it
@@ -404,11 +409,11 @@ class Session:
                     self._end()
                     return
                 raise
-            if not buf:
+            if not n:
                 self._end()
                 return
             with self.lock:
-                more = self._dispatch(buf)
+                more = self._dispatch(whole[:n])
                 surplus = more and self._threads - self._blocked > 1
                 if surplus:
                     self._threads -= 1
@@ -428,8 +433,9 @@ class Session:
             except Exception:
                 log.exception("internal error in destroy")
 
-    def _dispatch(self, buf: bytes) -> bool:
-        """Handle one request; False when the connection is over."""
+    def _dispatch(self, buf: bytes | memoryview) -> bool:
+        """Handle one request; False when the connection is over. ``buf`` (and the data
+        handed to ``write``) is valid only until the handler returns."""
         length, opcode, unique, nodeid, uid, gid, pid, extlen, _ = _IN_HEADER.unpack_from(buf)
         body = memoryview(buf)[_IN_HEADER.size:length - extlen * 8]
         try:
