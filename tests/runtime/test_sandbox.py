@@ -471,6 +471,16 @@ def processes_with(token: str) -> list[int]:
     return found
 
 
+def wait_for_process(token: str, timeout: float = 10) -> int:
+    """The pid of a process whose command line contains ``token``, once one is seen. (A
+    single look can miss it: the command line reads empty while the process execs.)"""
+    deadline = time.monotonic() + timeout
+    while not (found := processes_with(token)):
+        assert time.monotonic() < deadline, f"no process with {token!r} appeared"
+        time.sleep(0.02)
+    return found[0]
+
+
 def mount_namespaces_alive(inode: str) -> list[int]:
     alive = []
     for entry in os.listdir("/proc"):
@@ -512,8 +522,7 @@ def test_view_readahead_is_raised(app_dir: Path) -> None:
     proc = start_runner(sh(f"echo up; exec sleep {token}"), app_dir)
     try:
         assert read_line(proc) == "up"
-        assert not wait_gone(lambda: not processes_with(token))
-        pid = processes_with(token)[0]
+        pid = wait_for_process(token)
         root = [line.split() for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
                 if line.split()[4] == "/"]
         assert root and root[0][root[0].index("-") + 1] == "fuse.geode"
@@ -529,10 +538,7 @@ def test_supervisor_sigkill_leaves_no_process_and_no_mount(app_dir: Path) -> Non
     proc = start_runner(sh(f"echo $$; exec sleep {token}"), app_dir)
     try:
         assert read_line(proc) == "2"  # the program is PID 2, after geode-init
-        sleeper = wait_gone(lambda: not processes_with(token))
-        assert not sleeper
-        pids = processes_with(token)
-        mnt_ns = os.readlink(f"/proc/{pids[0]}/ns/mnt")
+        mnt_ns = os.readlink(f"/proc/{wait_for_process(token)}/ns/mnt")
         assert mnt_ns != os.readlink("/proc/self/ns/mnt")
         assert mount_namespaces_alive(mnt_ns)
         proc.kill()
@@ -689,8 +695,7 @@ def test_ordinary_user_killed_supervisor_leaves_nothing(app_dir: Path,
     try:
         ready, _, _ = select.select([r], [], [], 30)
         assert ready and os.read(r, 100) == b"up\n"
-        assert not wait_gone(lambda: not processes_with(token))
-        owner = os.stat(f"/proc/{processes_with(token)[0]}").st_uid
+        owner = os.stat(f"/proc/{wait_for_process(token)}").st_uid
         assert owner == OVERFLOW_ID  # really an ordinary user's sandbox
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
