@@ -510,10 +510,7 @@ class Session:
                                (READDIRPLUS, self._readdirplus),
                                (RELEASEDIR, self._releasedir), (ACCESS, self._access),
                                (CREATE, self._create)):
-            name = _TYPE_NAMES[opcode]
-            if opcode == RENAME2:
-                name = "rename"
-            if callable(getattr(ops, name, None)):
+            if callable(getattr(ops, _TYPE_NAMES[opcode], None)):
                 table[opcode] = method
         return table
 
