@@ -2170,8 +2170,12 @@ def serve(fs: ViewFS, mountpoint: Path, *,
         server.join(2.0)
         if server.is_alive() and dev is not None:  # files still open in the unmounted view
             fuse.abort(dev)
-        server.join()
-        os.close(fd)
+            server.join(10.0)
+        if server.is_alive():  # no fusectl to abort through: the connection ends with them
+            log.warning("files of the unmounted view at %s are still open; its server "
+                        "stops when they are closed", mnt)
+        else:
+            os.close(fd)
     if failure:
         raise failure[0]
 
