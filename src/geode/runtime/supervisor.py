@@ -360,11 +360,7 @@ def run(manifest: dict[str, Any], *, manifest_path: Path, host_args: list[str],
 def _write_stats(fs: Any, path: Path) -> None:
     import json
 
-    stats: dict[str, float] = dict(fs.stats)
-    stats["total"] = sum(fs.stats.values())
-    stats["verified_bytes"] = fs.verified_bytes
-    stats["busy_ms"] = round(fs.busy_ns / 1e6, 3)
     try:
-        path.write_text(json.dumps(stats, sort_keys=True) + "\n")
+        path.write_text(json.dumps(fs.report(), sort_keys=True) + "\n")
     except OSError as e:
         log.error("cannot write %s: %s", path, e.strerror)

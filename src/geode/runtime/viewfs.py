@@ -622,6 +622,14 @@ class ViewFS(fuse.Operations):
         self._session: fuse.Session | None = None
         self._make_root()
 
+    def report(self) -> dict[str, float]:
+        """Request counts per operation, their total, bytes verified and handler time."""
+        stats: dict[str, float] = dict(self.stats)
+        stats["total"] = sum(self.stats.values())
+        stats["verified_bytes"] = self.verified_bytes
+        stats["busy_ms"] = round(self.busy_ns / 1e6, 3)
+        return stats
+
     # ------------------------------------------------------------------ connection
 
     def init(self, session: fuse.Session) -> None:
@@ -1181,7 +1189,7 @@ class ViewFS(fuse.Operations):
 
     @_op
     def lookup(self, parent_inode: fuse.InodeT, name: bytes,
-                     ctx: fuse.RequestContext) -> fuse.EntryAttributes:
+               ctx: fuse.RequestContext) -> fuse.EntryAttributes:
         parent = self._get(parent_inode)
         if parent.kind is not Kind.DIR:
             raise _fail(errno.ENOTDIR)
@@ -1215,7 +1223,7 @@ class ViewFS(fuse.Operations):
 
     @_op
     def getattr(self, inode: fuse.InodeT,
-                      ctx: fuse.RequestContext) -> fuse.EntryAttributes:
+                ctx: fuse.RequestContext) -> fuse.EntryAttributes:
         return self._attr(self._get(inode))
 
     @_op
@@ -1234,7 +1242,7 @@ class ViewFS(fuse.Operations):
 
     @_op
     def access(self, inode: fuse.InodeT, mode: int,
-                     ctx: fuse.RequestContext) -> bool:
+               ctx: fuse.RequestContext) -> bool:
         node = self._get(inode)
         if node.kind is Kind.FILE:
             if node.policy is Policy.ENCRYPTED:
@@ -1440,7 +1448,7 @@ class ViewFS(fuse.Operations):
 
     @_op
     def open(self, inode: fuse.InodeT, flags: int,
-                   ctx: fuse.RequestContext) -> fuse.FileInfo:
+             ctx: fuse.RequestContext) -> fuse.FileInfo:
         node = self._get(inode)
         acc = flags & os.O_ACCMODE
         if node.kind is Kind.PSEUDO:
@@ -1652,6 +1660,20 @@ class ViewFS(fuse.Operations):
         rel = _join_rel(parent.rel, name)
         return rel, _join_host(root.host, rel), _join_view(parent.vpath, name)
 
+    def _make_entry(self, parent: Node, rel: str, vpath: str, name: str,
+                    make: Callable[[int], object]) -> fuse.EntryAttributes:
+        """Create ``name`` in ``parent``'s host directory with ``make(dir_fd)`` and answer
+        with its entry (one lookup of the new node)."""
+        pfd = self._dir_fd(parent)
+        try:
+            make(pfd)
+            node, st = self._new_entry(parent, rel, vpath, pfd, name)
+        finally:
+            os.close(pfd)
+        attr = self._attr(node, st)
+        node.lookups += 1
+        return attr
+
     def _new_entry(self, parent: Node, rel: str, vpath: str, pfd: int, name: str,
                    st: os.stat_result | None = None) -> tuple[Node, os.stat_result]:
         assert parent.mount is not None
@@ -1666,8 +1688,8 @@ class ViewFS(fuse.Operations):
 
     @_op
     def create(self, parent_inode: fuse.InodeT, name: bytes, mode: int, flags: int,
-                     ctx: fuse.RequestContext
-                     ) -> tuple[fuse.FileInfo, fuse.EntryAttributes]:
+               ctx: fuse.RequestContext
+               ) -> tuple[fuse.FileInfo, fuse.EntryAttributes]:
         parent = self._get(parent_inode)
         sname = os.fsdecode(name)
         if parent.role == "keys":
@@ -1721,24 +1743,17 @@ class ViewFS(fuse.Operations):
 
     @_op
     def mkdir(self, parent_inode: fuse.InodeT, name: bytes, mode: int,
-                    ctx: fuse.RequestContext) -> fuse.EntryAttributes:
+              ctx: fuse.RequestContext) -> fuse.EntryAttributes:
         parent = self._get(parent_inode)
         sname = os.fsdecode(name)
         rel, host, vpath = self._mutable_dir(parent, sname)
         self._check_change(host, vpath, "create directory", parent.mount)
-        pfd = self._dir_fd(parent)
-        try:
-            os.mkdir(sname, mode & 0o1777, dir_fd=pfd)
-            node, st = self._new_entry(parent, rel, vpath, pfd, sname)
-        finally:
-            os.close(pfd)
-        attr = self._attr(node, st)
-        node.lookups += 1
-        return attr
+        return self._make_entry(parent, rel, vpath, sname,
+                                lambda pfd: os.mkdir(sname, mode & 0o1777, dir_fd=pfd))
 
     @_op
     def mknod(self, parent_inode: fuse.InodeT, name: bytes, mode: int, rdev: int,
-                    ctx: fuse.RequestContext) -> fuse.EntryAttributes:
+              ctx: fuse.RequestContext) -> fuse.EntryAttributes:
         if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
             raise _fail(errno.EPERM)
         parent = self._get(parent_inode)
@@ -1747,38 +1762,25 @@ class ViewFS(fuse.Operations):
         if _encrypted(parent.mount):
             raise _fail(errno.EPERM)
         self._check_change(host, vpath, "create")
-        pfd = self._dir_fd(parent)
-        try:
-            os.mknod(sname, stat.S_IFMT(mode) | (mode & 0o777), 0, dir_fd=pfd)
-            node, st = self._new_entry(parent, rel, vpath, pfd, sname)
-        finally:
-            os.close(pfd)
-        attr = self._attr(node, st)
-        node.lookups += 1
-        return attr
+        return self._make_entry(
+            parent, rel, vpath, sname,
+            lambda pfd: os.mknod(sname, stat.S_IFMT(mode) | (mode & 0o777), 0, dir_fd=pfd))
 
     @_op
     def symlink(self, parent_inode: fuse.InodeT, name: bytes, target: bytes,
-                      ctx: fuse.RequestContext) -> fuse.EntryAttributes:
+                ctx: fuse.RequestContext) -> fuse.EntryAttributes:
         parent = self._get(parent_inode)
         sname = os.fsdecode(name)
         rel, host, vpath = self._mutable_dir(parent, sname)
         if _encrypted(parent.mount):
             raise _fail(errno.EPERM)  # Gramine's encrypted mounts have no symlinks
         self._check_change(host, vpath, "create symlink")
-        pfd = self._dir_fd(parent)
-        try:
-            os.symlink(os.fsdecode(target), sname, dir_fd=pfd)
-            node, st = self._new_entry(parent, rel, vpath, pfd, sname)
-        finally:
-            os.close(pfd)
-        attr = self._attr(node, st)
-        node.lookups += 1
-        return attr
+        return self._make_entry(parent, rel, vpath, sname,
+                                lambda pfd: os.symlink(os.fsdecode(target), sname, dir_fd=pfd))
 
     @_op
     def link(self, inode: fuse.InodeT, new_parent_inode: fuse.InodeT,
-                   new_name: bytes, ctx: fuse.RequestContext) -> fuse.EntryAttributes:
+             new_name: bytes, ctx: fuse.RequestContext) -> fuse.EntryAttributes:
         node = self._get(inode)
         parent = self._get(new_parent_inode)
         sname = os.fsdecode(new_name)
@@ -1795,18 +1797,12 @@ class ViewFS(fuse.Operations):
         self._check_change(host, vpath, "create link")
         src_pfd = self._parent_fd(node.mount, node.rel)
         try:
-            pfd = self._dir_fd(parent)
-            try:
-                os.link(posixpath.basename(node.rel), sname, src_dir_fd=src_pfd,
-                        dst_dir_fd=pfd, follow_symlinks=False)
-                new, st = self._new_entry(parent, rel, vpath, pfd, sname)
-            finally:
-                os.close(pfd)
+            return self._make_entry(
+                parent, rel, vpath, sname,
+                lambda pfd: os.link(posixpath.basename(node.rel), sname, src_dir_fd=src_pfd,
+                                    dst_dir_fd=pfd, follow_symlinks=False))
         finally:
             os.close(src_pfd)
-        attr = self._attr(new, st)
-        new.lookups += 1
-        return attr
 
     def _remove(self, parent_inode: int, name: bytes, *, directory: bool) -> None:
         parent = self._get(parent_inode)
@@ -1834,12 +1830,12 @@ class ViewFS(fuse.Operations):
 
     @_op
     def unlink(self, parent_inode: fuse.InodeT, name: bytes,
-                     ctx: fuse.RequestContext) -> None:
+               ctx: fuse.RequestContext) -> None:
         self._remove(parent_inode, name, directory=False)
 
     @_op
     def rmdir(self, parent_inode: fuse.InodeT, name: bytes,
-                    ctx: fuse.RequestContext) -> None:
+              ctx: fuse.RequestContext) -> None:
         self._remove(parent_inode, name, directory=True)
 
     def _moved(self, node: Node, mount: Mount, rel: str, vpath: str) -> None:
@@ -1868,8 +1864,8 @@ class ViewFS(fuse.Operations):
 
     @_op
     def rename(self, parent_inode_old: fuse.InodeT, name_old: bytes,
-                     parent_inode_new: fuse.InodeT, name_new: bytes, flags: int,
-                     ctx: fuse.RequestContext) -> None:
+               parent_inode_new: fuse.InodeT, name_new: bytes, flags: int,
+               ctx: fuse.RequestContext) -> None:
         po, pn = self._get(parent_inode_old), self._get(parent_inode_new)
         so, sn = os.fsdecode(name_old), os.fsdecode(name_new)
         rel_o, host_o, vpath_o = self._mutable_dir(po, so)
@@ -1966,8 +1962,8 @@ class ViewFS(fuse.Operations):
 
     @_op
     def setattr(self, inode: fuse.InodeT, attr: fuse.EntryAttributes,
-                      fields: fuse.SetattrFields, fh: int | None,
-                      ctx: fuse.RequestContext) -> fuse.EntryAttributes:
+                fields: fuse.SetattrFields, fh: int | None,
+                ctx: fuse.RequestContext) -> fuse.EntryAttributes:
         node = self._get(inode)
         if node.kind is Kind.PSEUDO:
             h = self._handles.get(fh) if fh is not None else None
@@ -2230,11 +2226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         if args.stats_file is not None:
-            stats: dict[str, float] = dict(fs.stats)
-            stats["total"] = sum(fs.stats.values())
-            stats["verified_bytes"] = fs.verified_bytes
-            stats["busy_ms"] = round(fs.busy_ns / 1e6, 3)
-            args.stats_file.write_text(json.dumps(stats, sort_keys=True))
+            args.stats_file.write_text(json.dumps(fs.report(), sort_keys=True))
     return 0
 
 
