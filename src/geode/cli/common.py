@@ -6,15 +6,14 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from geode.errors import GeodeError
 
 Handler = Callable[[argparse.Namespace], int]
 
 
-@dataclass(frozen=True)
-class Command:
+class Command(NamedTuple):
     """A subcommand: ``geode NAME`` and, where Gramine has one, its ``gramine-*`` alias."""
 
     name: str

@@ -43,7 +43,7 @@ import hashlib
 import hmac
 import struct
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from geode.errors import FormatError, SigningError
 
@@ -417,8 +417,7 @@ def sign(unsigned: Sigstruct, key: rsa.RSAPrivateKey) -> Sigstruct:
 # --- verification ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Check:
+class Check(NamedTuple):
     """One named verification check."""
 
     name: str
@@ -441,8 +440,7 @@ CHECK_NAMES: tuple[str, ...] = (
 )
 
 
-@dataclass(frozen=True)
-class SigstructVerification:
+class SigstructVerification(NamedTuple):
     """Outcome of :func:`verify`: every check with its reason, and the parsed structure.
 
     ``sigstruct`` is None when the bytes are not structurally a SIGSTRUCT (size, headers,

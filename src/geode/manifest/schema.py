@@ -35,9 +35,8 @@ import difflib
 import json
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from enum import Enum
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 from geode.errors import ManifestError
 from geode.manifest import expanded
@@ -167,7 +166,18 @@ def parse_size(value: str | int, *, key: str) -> int:
 
 
 class ValueType:
-    """Type of a manifest value. Scalar types implement :meth:`problem`."""
+    """Type of a manifest value. Scalar types implement :meth:`problem`.
+
+    Value types are plain classes with ``__slots__``, not dataclasses: the schema is built at
+    every start of a program, and each frozen dataclass costs ~0.7 ms to create (its methods
+    are compiled from generated source).
+    """
+
+    __slots__: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"{type(self).__name__}({args})"
 
     def describe(self) -> str:
         raise NotImplementedError
@@ -177,8 +187,9 @@ class ValueType:
         raise NotImplementedError
 
 
-@dataclass(frozen=True)
 class BoolType(ValueType):
+    __slots__ = ()
+
     def describe(self) -> str:
         return "boolean"
 
@@ -188,10 +199,12 @@ class BoolType(ValueType):
         return f"expected a boolean, got {_shown(value)}"
 
 
-@dataclass(frozen=True)
 class IntType(ValueType):
-    min_value: int | None = None
-    max_value: int | None = None
+    __slots__ = ("min_value", "max_value")
+
+    def __init__(self, min_value: int | None = None, max_value: int | None = None) -> None:
+        self.min_value = min_value
+        self.max_value = max_value
 
     def describe(self) -> str:
         if self.min_value is not None and self.max_value is not None:
@@ -210,9 +223,11 @@ class IntType(ValueType):
         return None
 
 
-@dataclass(frozen=True)
 class StrType(ValueType):
-    nonempty: bool = True
+    __slots__ = ("nonempty",)
+
+    def __init__(self, nonempty: bool = True) -> None:
+        self.nonempty = nonempty
 
     def describe(self) -> str:
         return "string"
@@ -227,9 +242,11 @@ class StrType(ValueType):
         return None
 
 
-@dataclass(frozen=True)
 class UriType(ValueType):
-    schemes: tuple[str, ...]
+    __slots__ = ("schemes",)
+
+    def __init__(self, schemes: tuple[str, ...]) -> None:
+        self.schemes = schemes
 
     def describe(self) -> str:
         return "URI (" + " or ".join(f'"{s}:..."' for s in self.schemes) + ")"
@@ -243,8 +260,9 @@ class UriType(ValueType):
         return f"expected a {self.describe()}, got {_shown(value)}"
 
 
-@dataclass(frozen=True)
 class AbsPathType(ValueType):
+    __slots__ = ()
+
     def describe(self) -> str:
         return "absolute path"
 
@@ -258,9 +276,11 @@ class AbsPathType(ValueType):
         return None
 
 
-@dataclass(frozen=True)
 class HexType(ValueType):
-    digits: int
+    __slots__ = ("digits",)
+
+    def __init__(self, digits: int) -> None:
+        self.digits = digits
 
     def describe(self) -> str:
         return f"{self.digits} hex digits"
@@ -273,9 +293,11 @@ class HexType(ValueType):
         return None
 
 
-@dataclass(frozen=True)
 class MaskType(ValueType):
-    bits: int
+    __slots__ = ("bits",)
+
+    def __init__(self, bits: int) -> None:
+        self.bits = bits
 
     def describe(self) -> str:
         return f"{self.bits}-bit hex string"
@@ -292,9 +314,11 @@ class MaskType(ValueType):
         return None
 
 
-@dataclass(frozen=True)
 class SizeType(ValueType):
-    power_of_two: bool = False
+    __slots__ = ("power_of_two",)
+
+    def __init__(self, power_of_two: bool = False) -> None:
+        self.power_of_two = power_of_two
 
     def describe(self) -> str:
         return 'size ("256M"), power of two' if self.power_of_two else 'size ("256K")'
@@ -311,10 +335,13 @@ class SizeType(ValueType):
         return None
 
 
-@dataclass(frozen=True)
 class EnumType(ValueType):
-    values: tuple[str, ...]
-    removed: tuple[tuple[str, str], ...] = ()  # (value, explanation) pairs for retired values
+    __slots__ = ("values", "removed")
+
+    def __init__(self, values: tuple[str, ...],
+                 removed: tuple[tuple[str, str], ...] = ()) -> None:
+        self.values = values
+        self.removed = removed  # (value, explanation) pairs for retired values
 
     def describe(self) -> str:
         return " | ".join(json.dumps(v) for v in self.values)
@@ -328,11 +355,13 @@ class EnumType(ValueType):
         return f"expected one of {self.describe()}, got {_shown(value)}"
 
 
-@dataclass(frozen=True)
 class TrueOnlyType(ValueType):
     """A boolean that may only be ``true`` (``reason`` explains why ``false`` is refused)."""
 
-    reason: str
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
 
     def describe(self) -> str:
         return "true"
@@ -345,9 +374,10 @@ class TrueOnlyType(ValueType):
         return f"expected true, got {_shown(value)}"
 
 
-@dataclass(frozen=True)
 class AnyType(ValueType):
     """Accepted without validation (as Gramine does for ``sys.ioctl_structs``)."""
+
+    __slots__ = ()
 
     def describe(self) -> str:
         return "any (not validated)"
@@ -356,27 +386,32 @@ class AnyType(ValueType):
         return None
 
 
-@dataclass(frozen=True)
 class TableType(ValueType):
     """A table whose keys are the :data:`KEYS` entries below this key's pattern."""
+
+    __slots__ = ()
 
     def describe(self) -> str:
         return "table"
 
 
-@dataclass(frozen=True)
 class ArrayType(ValueType):
-    item: ValueType
+    __slots__ = ("item",)
+
+    def __init__(self, item: ValueType) -> None:
+        self.item = item
 
     def describe(self) -> str:
         return f"array of {self.item.describe()}"
 
 
-@dataclass(frozen=True)
 class OneOfType(ValueType):
     """One of several types, chosen by the TOML kind of the value (string, table...)."""
 
-    options: tuple[ValueType, ...]
+    __slots__ = ("options",)
+
+    def __init__(self, options: tuple[ValueType, ...]) -> None:
+        self.options = options
 
     def describe(self) -> str:
         return " or ".join(o.describe() for o in self.options)
@@ -417,16 +452,14 @@ class _NoDefault:
 NO_DEFAULT: Any = _NoDefault()
 
 
-@dataclass(frozen=True)
-class DefaultContext:
+class DefaultContext(NamedTuple):
     """What a computed default may look at."""
 
     manifest: Mapping[str, Any]
     libos_uri: str
 
 
-@dataclass(frozen=True)
-class Key:
+class Key(NamedTuple):
     """One manifest key.
 
     ``default`` is the value Gramine assumes when the key is absent; ``written`` says whether
@@ -996,15 +1029,17 @@ def _join_concrete(prefix: str, name: str) -> str:
     return f"{prefix}.{shown}" if prefix else shown
 
 
-@dataclass
 class _TableSpec:
-    fields: dict[str, str]  # key name -> child pattern
-    wildcard: str | None  # child pattern for user-chosen names
-    required: dict[str, str]  # key name -> pattern of the required key to name in errors
+    __slots__ = ("fields", "wildcard", "required")
+
+    def __init__(self) -> None:
+        self.fields: dict[str, str] = {}  # key name -> child pattern
+        self.wildcard: str | None = None  # child pattern for user-chosen names
+        self.required: dict[str, str] = {}  # key name -> pattern of the required key to name
 
 
 _KEY_BY_PATTERN: dict[str, Key] = {}
-_TABLES: dict[str, _TableSpec] = {"": _TableSpec({}, None, {})}
+_TABLES: dict[str, _TableSpec] = {"": _TableSpec()}
 
 
 def _compile() -> None:
@@ -1018,13 +1053,13 @@ def _compile() -> None:
         for i, token in enumerate(tokens):
             child = _join_pattern(prefix, token)
             if token != "[]":
-                spec = _TABLES.setdefault(prefix, _TableSpec({}, None, {}))
+                spec = _TABLES.setdefault(prefix, _TableSpec())
                 if token.startswith("<"):
                     spec.wildcard = child
                 else:
                     spec.fields[token] = child
             if i < len(tokens) - 1 and tokens[i + 1] != "[]":
-                _TABLES.setdefault(child, _TableSpec({}, None, {}))
+                _TABLES.setdefault(child, _TableSpec())
             prefix = child
     # required keys propagate up through implicit tables (not through arrays or wildcards)
     for key in KEYS:

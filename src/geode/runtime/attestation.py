@@ -39,8 +39,7 @@ import errno
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from geode.errors import GeodeError
 from geode.runtime import fuse
@@ -90,8 +89,7 @@ def _status_ids(path: str) -> dict[bytes, list[int]]:
 ProcessKey = tuple[int, int]
 
 
-@dataclass(frozen=True)
-class _Task:
+class _Task(NamedTuple):
     host_tid: int
     start: int  # the thread's own start time: confirms host_tid still names it
     key: ProcessKey
@@ -200,12 +198,14 @@ def bind_sandbox(init_pid: int) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
 class ProcessState:
-    user_report_data: bytes = bytes(REPORT_DATA_SIZE)
-    target_info: bytes = bytes(TARGET_INFO_SIZE)
-    #: certificates delivered with the last quote
-    certs: bytes = b""
+    __slots__ = ("user_report_data", "target_info", "certs")
+
+    def __init__(self) -> None:
+        self.user_report_data = bytes(REPORT_DATA_SIZE)
+        self.target_info = bytes(TARGET_INFO_SIZE)
+        #: certificates delivered with the last quote
+        self.certs = b""
 
 
 class ProcessTable:

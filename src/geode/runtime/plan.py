@@ -34,10 +34,9 @@ from __future__ import annotations
 import posixpath
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 from geode.errors import ManifestError
 from geode.manifest import expanded
@@ -108,22 +107,35 @@ class _PathKeyed(Mapping[Path, str]):
         return len(self._by_str)
 
 
-@dataclass(frozen=True)
 class Mount:
-    """One entry of the mount table (``fs.root`` or an element of ``fs.mounts``)."""
+    """One entry of the mount table (``fs.root`` or an element of ``fs.mounts``).
 
-    path: str
-    type: str
-    host: Path | None
-    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
-    #: position in :attr:`ViewPlan.mounts` (0 is fs.root)
-    index: int = 0
-    #: encrypted mounts: the key's name (``/dev/attestation/keys/<name>``)
-    key_name: str | None = None
-    #: encrypted mounts: keep a ``<file>.gramine.recovery`` journal for crash recovery
-    enable_recovery: bool = False
-    #: encrypted mounts: the URI's path as written (the base of every bound path)
-    uri_path: str | None = None
+    A plain class rather than a frozen dataclass (~0.7 ms to create at every start) or a
+    NamedTuple (whose ``index`` is tuple's method).
+    """
+
+    __slots__ = ("path", "type", "host", "options", "index", "key_name", "enable_recovery",
+                 "uri_path")
+
+    def __init__(self, path: str, type: str, host: Path | None,
+                 options: Mapping[str, Any] = MappingProxyType({}), index: int = 0,
+                 key_name: str | None = None, enable_recovery: bool = False,
+                 uri_path: str | None = None) -> None:
+        self.path = path
+        self.type = type
+        self.host = host
+        self.options = options
+        #: position in :attr:`ViewPlan.mounts` (0 is fs.root)
+        self.index = index
+        #: encrypted mounts: the key's name (``/dev/attestation/keys/<name>``)
+        self.key_name = key_name
+        #: encrypted mounts: keep a ``<file>.gramine.recovery`` journal for crash recovery
+        self.enable_recovery = enable_recovery
+        #: encrypted mounts: the URI's path as written (the base of every bound path)
+        self.uri_path = uri_path
+
+    def __repr__(self) -> str:
+        return f"Mount({self.where}: {self.type} {self.path} <- {self.host})"
 
     @property
     def where(self) -> str:
@@ -272,8 +284,7 @@ def _trusted_table_fast(raw_trusted: list[Any], base_str: str) -> dict[str, str]
     return trusted
 
 
-@dataclass(frozen=True)
-class ViewPlan:
+class ViewPlan(NamedTuple):
     """Mount table and file policy of a view; see the module docstring."""
 
     mounts: tuple[Mount, ...]

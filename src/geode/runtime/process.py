@@ -55,9 +55,8 @@ import os
 import posixpath
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from geode.errors import ManifestError
 from geode.manifest.schema import value_at
@@ -292,8 +291,7 @@ def resolve_argv(
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _EnvEntry:
+class _EnvEntry(NamedTuple):
     value: str | None  # None: passthrough
 
 
@@ -409,8 +407,7 @@ def resolve_env(
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Limits:
+class Limits(NamedTuple):
     """Resource limits applied to the program (soft = hard) before it starts.
 
     * ``stack`` → ``RLIMIT_STACK``. Gramine's ``sys.stack.size`` is "the stack size of each
@@ -469,8 +466,7 @@ def build_limits(manifest: Mapping[str, Any]) -> Limits:
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ProcessSpec:
+class ProcessSpec(NamedTuple):
     """How the program is started inside the sandbox."""
 
     path: str  #: absolute path of the executable in the view (``libos.entrypoint``)
@@ -479,7 +475,7 @@ class ProcessSpec:
     uid: int = 0
     gid: int = 0
     start_dir: str = "/"
-    limits: Limits = field(default_factory=Limits)
+    limits: Limits = Limits()
     disallow_subprocesses: bool = False
     sigterm_injection: bool = False
     disable_aslr: bool = False

@@ -21,7 +21,6 @@ environment. A failure stops the run before the program starts, with one error l
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import hmac
 import logging
@@ -94,4 +93,4 @@ def provision_before_start(spec: ProcessSpec, plan: ViewPlan, backend: TeeBacken
         return spec
     text = sp.secret_string(got.secret)
     log.info("secret provisioning: %s set from %s", sp.ENV_SECRET_STRING, got.server)
-    return dataclasses.replace(spec, env={**env, sp.ENV_SECRET_STRING: text})
+    return spec._replace(env={**env, sp.ENV_SECRET_STRING: text})

@@ -38,7 +38,7 @@ import errno
 import os
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 # ---------------------------------------------------------------------------------------------
 # Kernel ABI constants (x86_64)
@@ -105,8 +105,7 @@ NR_CLONE3 = 435
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class SyscallRule:
+class SyscallRule(NamedTuple):
     """One system call denied unconditionally."""
 
     name: str
@@ -115,8 +114,7 @@ class SyscallRule:
     reason: str
 
 
-@dataclass(frozen=True)
-class ArgumentRule:
+class ArgumentRule(NamedTuple):
     """A system call denied only for some argument values (described for documentation)."""
 
     name: str

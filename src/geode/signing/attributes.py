@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from geode.errors import ManifestError
 from geode.formats.sigstruct import Sigstruct
@@ -77,8 +76,7 @@ _REMOVED_KEYS: dict[str, str] = {
 }
 
 
-@dataclass(frozen=True)
-class SgxAttributes:
+class SgxAttributes(NamedTuple):
     """The manifest-derived SIGSTRUCT fields."""
 
     flags: int

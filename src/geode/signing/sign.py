@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import datetime
 import hmac
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from geode.errors import GeodeError, SigningError
 from geode.formats import sigstruct
@@ -20,8 +19,7 @@ from geode.measurement import measure
 from geode.signing.attributes import sgx_attributes
 
 
-@dataclass(frozen=True)
-class Signed:
+class Signed(NamedTuple):
     manifest: dict[str, Any]
     manifest_bytes: bytes
     sigstruct: sigstruct.Sigstruct

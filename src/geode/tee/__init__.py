@@ -22,8 +22,9 @@ What a backend offers the view (``/dev/attestation``, see :mod:`geode.runtime.at
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 from geode.errors import GeodeError
 from geode.formats.sigstruct import Sigstruct
@@ -32,13 +33,18 @@ from geode.formats.sigstruct import Sigstruct
 SEAL_KEY_NAMES = ("_sgx_mrenclave", "_sgx_mrsigner")
 
 
-@dataclass(frozen=True)
-class EnclaveIdentity:
-    """The identity evidence binds: the Geode measurement and, when signed, its SIGSTRUCT."""
+class EnclaveIdentity(NamedTuple):
+    """The identity evidence binds: the Geode measurement and, when signed, its SIGSTRUCT.
+
+    ``manifest`` is the manifest measured (left out of the repr: it can list 10,000 files).
+    """
 
     measurement: bytes
     sigstruct: Sigstruct | None = None
-    manifest: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    manifest: Mapping[str, Any] = MappingProxyType({})
+
+    def __repr__(self) -> str:
+        return f"EnclaveIdentity(measurement={self.measurement!r}, sigstruct={self.sigstruct!r})"
 
     @property
     def mrsigner(self) -> bytes:
@@ -53,8 +59,7 @@ class EnclaveIdentity:
         return self.sigstruct.isv_svn if self.sigstruct else 0
 
 
-@dataclass(frozen=True)
-class Evidence:
+class Evidence(NamedTuple):
     """What ``/dev/attestation/quote`` returns, and certificates that came with it."""
 
     quote: bytes

@@ -21,7 +21,7 @@ TARGETINFO (512 bytes)::
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from geode.errors import FormatError
 
@@ -37,8 +37,7 @@ FLAGS_DEBUG = 0x02
 FLAGS_MODE64BIT = 0x04
 
 
-@dataclass(frozen=True)
-class ReportBody:
+class ReportBody(NamedTuple):
     """The identity fields of an SGX REPORT body."""
 
     mr_enclave: bytes = bytes(32)
@@ -96,8 +95,7 @@ class ReportBody:
         return struct.pack("<QQ", self.attribute_flags, self.attribute_xfrm)
 
 
-@dataclass(frozen=True)
-class TargetInfo:
+class TargetInfo(NamedTuple):
     """The fields of a TARGETINFO that name the enclave a REPORT is for."""
 
     mr_enclave: bytes = bytes(32)
