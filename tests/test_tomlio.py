@@ -182,6 +182,10 @@ CASES = {
     "invalid after the run": block("file:/a") + "[sgx\n",
     "invalid before the run": "= x\n" + block("file:/a"),
     "crlf": block("file:/a").replace("\n", "\r\n") + block("file:/b"),
+    "non-ASCII uris": block("file:/caf\u00e9") + block("file:/\U0001f600", blank=False)
+    + "[sgx.cpu_features]\n",
+    "DEL in a non-ASCII uri": block("file:/\u00e9") + block("file:/\x7f") + "[x]\n",
+    "two blank lines between blocks": block("file:/a") + "\n" + block("file:/b"),
 }
 
 
@@ -195,6 +199,9 @@ def test_fast_path_taken_and_equal() -> None:
     fast = tomlio._loads_fast(text)
     assert fast is not None and repr(fast) == repr(tomli.loads(text))
     assert [e["uri"] for e in fast["sgx"]["trusted_files"]] == ["file:/a", "file:b"]
+    text = CASES["non-ASCII uris"]
+    fast = tomlio._loads_fast(text)
+    assert fast is not None and repr(fast) == repr(tomli.loads(text))
 
 
 @pytest.mark.parametrize("name", [
@@ -202,6 +209,7 @@ def test_fast_path_taken_and_equal() -> None:
     "inline array elsewhere", "sgx is an array of tables", "escaped key adds an entry",
     "subtable of the last entry",
     "run inside a multi-line string", "not at a line start", "invalid after the run",
+    "DEL in a non-ASCII uri",
 ])
 def test_fast_path_declines(name: str) -> None:
     assert tomlio._loads_fast(CASES[name]) is None
