@@ -7,6 +7,7 @@ import hmac
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +145,14 @@ def _add_direct(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the program")
 
 
+def _quick_direct(argv: Sequence[str]) -> argparse.Namespace | None:
+    """What the parser of :func:`_add_direct` gives for ``argv``, when no argument can be
+    an option of its own or a ``--`` it would drop; else None (the parser decides)."""
+    if not argv or argv[0].startswith("-") or "--" in argv:
+        return None
+    return argparse.Namespace(app=argv[0], args=list(argv[1:]))
+
+
 def _run_direct(args: argparse.Namespace) -> int:
     args.manifest = None
     args.tee = None
@@ -151,7 +160,8 @@ def _run_direct(args: argparse.Namespace) -> int:
     return _run(args)
 
 
-DIRECT = Command("direct", "gramine-direct APP [ARGS...]", _add_direct, _run_direct)
+DIRECT = Command("direct", "gramine-direct APP [ARGS...]", _add_direct, _run_direct,
+                 _quick_direct)
 
 
 def _run_sgx(args: argparse.Namespace) -> int:
@@ -166,4 +176,4 @@ def _run_sgx(args: argparse.Namespace) -> int:
 
 
 SGX = Command("sgx", "gramine-sgx APP: refused (Geode does not run SGX enclaves)", _add_direct,
-              _run_sgx)
+              _run_sgx, _quick_direct)

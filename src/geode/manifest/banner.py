@@ -21,7 +21,6 @@ first process; when to show it is the caller's decision.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -69,6 +68,8 @@ def insecure_settings(manifest: Mapping[str, Any]) -> list[str]:
 
     log_level = value_at(manifest, "loader.log_level")
     if isinstance(log_level, str) and log_level not in _QUIET_LOG_LEVELS:
+        import json  # not on every run's path
+
         lines.append(
             f"loader.log_level = {json.dumps(log_level)}: verbose logging can reveal "
             "what the program does and the data it handles"

@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import copy
 import datetime
-import difflib
-import json
 import re
 from collections.abc import Callable, Mapping
 from enum import Enum
@@ -80,6 +78,13 @@ _PLAIN_NAME_RE = re.compile(r"[A-Za-z0-9_-]+")
 # --------------------------------------------------------------------------------------------
 
 
+def _json(value: object) -> str:
+    """``json.dumps(value)``, importing json on first use: only messages and docs need it."""
+    import json
+
+    return json.dumps(value)
+
+
 def _kind(value: object) -> str:
     """TOML name of a Python value's type."""
     if isinstance(value, bool):
@@ -105,7 +110,7 @@ def _shown(value: object) -> str:
         return f"boolean {'true' if value else 'false'}"
     if isinstance(value, str):
         text = value if len(value) <= 60 else value[:57] + "..."
-        return f"string {json.dumps(text)}"
+        return f"string {_json(text)}"
     if isinstance(value, int | float):
         return f"{_kind(value)} {value}"
     return _kind(value)
@@ -130,10 +135,10 @@ def _size_problem(value: object) -> tuple[int, None] | tuple[None, str]:
         return None, f"expected {_SIZE_EXPECTED}, got {_shown(value)}"
     digits = match.group(1).lstrip("0") or "0"
     if len(digits) > 20:  # far beyond 2**64; also keeps int() away from huge strings
-        return None, f"size {json.dumps(value)} does not fit in 64 bits"
+        return None, f"size {_json(value)} does not fit in 64 bits"
     size = int(digits) * _SIZE_UNITS[match.group(2).upper()]
     if size > U64_MAX:
-        return None, f"size {json.dumps(value)} does not fit in 64 bits"
+        return None, f"size {_json(value)} does not fit in 64 bits"
     return size, None
 
 
@@ -310,7 +315,7 @@ class MaskType(ValueType):
         if _HEX_RE.fullmatch(digits) is None:
             return f"expected {expected}, got {_shown(value)}"
         if len(digits.lstrip("0")) > self.bits // 4:
-            return f"{json.dumps(value)} does not fit in {self.bits} bits"
+            return f"{_json(value)} does not fit in {self.bits} bits"
         return None
 
 
@@ -331,7 +336,7 @@ class SizeType(ValueType):
             return problem
         assert size is not None
         if self.power_of_two and (size == 0 or size & (size - 1)):
-            return f"must be a power of two, got {json.dumps(value)} ({size} bytes)"
+            return f"must be a power of two, got {_json(value)} ({size} bytes)"
         return None
 
 
@@ -344,7 +349,7 @@ class EnumType(ValueType):
         self.removed = removed  # (value, explanation) pairs for retired values
 
     def describe(self) -> str:
-        return " | ".join(json.dumps(v) for v in self.values)
+        return " | ".join(_json(v) for v in self.values)
 
     def problem(self, value: object) -> str | None:
         if isinstance(value, str) and value in self.values:
@@ -492,7 +497,7 @@ def _toml_literal(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return json.dumps(value)
+        return _json(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_literal(v) for v in value) + "]"
     return str(value)
@@ -1025,7 +1030,7 @@ def _join_pattern(prefix: str, token: str) -> str:
 
 
 def _join_concrete(prefix: str, name: str) -> str:
-    shown = name if _PLAIN_NAME_RE.fullmatch(name) else json.dumps(name)
+    shown = name if _PLAIN_NAME_RE.fullmatch(name) else _json(name)
     return f"{prefix}.{shown}" if prefix else shown
 
 
@@ -1184,6 +1189,8 @@ class _Checker:
             known = ", ".join(k.path for k in KEYS if k.path.startswith("geode."))
             return f"unknown geode.* key (known: {known})"
         message = "unknown key (not in Gramine v1.9's manifest schema)"
+        import difflib  # only for this message
+
         close = difflib.get_close_matches(name, list(spec.fields), n=1)
         if close:
             message += f"; did you mean {close[0]!r}?"
