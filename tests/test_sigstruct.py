@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import struct
 import subprocess
@@ -275,11 +274,11 @@ def test_signed_data_is_the_two_sdm_regions() -> None:
 
 def test_signed_data_ignores_unsigned_fields() -> None:
     base = distinct_struct()
-    other = dataclasses.replace(
-        base, modulus=bytes(384), exponent=3, signature=bytes(384), q1=bytes(384), q2=bytes(384)
+    other = base._replace(
+        modulus=bytes(384), exponent=3, signature=bytes(384), q1=bytes(384), q2=bytes(384)
     )
     assert ss.signed_data(base) == ss.signed_data(other)
-    assert ss.signed_data(base) != ss.signed_data(dataclasses.replace(base, isv_svn=1))
+    assert ss.signed_data(base) != ss.signed_data(base._replace(isv_svn=1))
 
 
 def test_signed_data_wrong_size() -> None:
@@ -337,8 +336,7 @@ def test_sign_fills_signature_fields(
     assert signed.exponent == 3
     assert signed.signature != bytes(384)
     # Everything else is unchanged.
-    assert dataclasses.replace(
-        signed,
+    assert signed._replace(
         modulus=unsigned.modulus,
         exponent=unsigned.exponent,
         signature=unsigned.signature,
@@ -414,7 +412,7 @@ def test_verify_unsigned_struct_fails_signature_checks(unsigned: Sigstruct) -> N
 
 def test_verify_signature_of_other_key_fails(unsigned: Sigstruct, signed: Sigstruct) -> None:
     other = ss.sign(unsigned, rsa.generate_private_key(public_exponent=3, key_size=3072))
-    mixed = dataclasses.replace(signed, signature=other.signature)
+    mixed = signed._replace(signature=other.signature)
     result = ss.verify(mixed.pack())
     assert not result.check("signature").passed
     assert not result.check("q1").passed
@@ -587,11 +585,11 @@ def test_rsa_check_random_signatures(key: rsa.RSAPrivateKey, s: int, message: by
 
 def test_bad_signature_in_a_sigstruct_fails(key: rsa.RSAPrivateKey, signed: Sigstruct) -> None:
     # A signature over other data, and one off by one, with Q1/Q2 recomputed to match.
-    other = ss.sign(dataclasses.replace(signed, isv_svn=signed.isv_svn + 1), key)
+    other = ss.sign(signed._replace(isv_svn=signed.isv_svn + 1), key)
     for signature in (other.signature_int, signed.signature_int + 1):
         q1, q2 = ss.compute_q1_q2(signature, signed.modulus_int)
-        bad = dataclasses.replace(
-            signed, signature=signature.to_bytes(384, "little"),
+        bad = signed._replace(
+            signature=signature.to_bytes(384, "little"),
             q1=q1.to_bytes(384, "little"), q2=q2.to_bytes(384, "little"))
         result = ss.verify(bad.pack())
         assert [c.name for c in result.failed] == ["signature"]

@@ -17,7 +17,6 @@ What goes into SIGSTRUCT from ``sgx.*``:
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -94,8 +93,7 @@ class SgxAttributes(NamedTuple):
 
     def apply(self, sigstruct: Sigstruct) -> Sigstruct:
         """A copy of *sigstruct* with these attributes, masks and ISV ids."""
-        return dataclasses.replace(
-            sigstruct,
+        return sigstruct._replace(
             attribute_flags=self.flags,
             attribute_xfrm=self.xfrm,
             attribute_flags_mask=self.flags_mask,
