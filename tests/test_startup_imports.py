@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from geodetest import run
 from hypothesis import given
 from hypothesis import strategies as st
@@ -66,17 +67,21 @@ def test_provisioning_variable_named_once() -> None:
     assert provision.ENV_CONSTRUCTOR == secret_prov.ENV_CONSTRUCTOR
 
 
-def test_loading_a_signed_manifest_imports_little(
-    tmp_path: Path, geode_env: dict[str, str]
+@pytest.mark.parametrize("signed", [True, False])
+def test_loading_a_manifest_imports_little(
+    tmp_path: Path, geode_env: dict[str, str], signed: bool
 ) -> None:
     (tmp_path / "app").write_bytes(b"#!/bin/sh\necho app\n")
     (tmp_path / "app.manifest.template").write_text(TEMPLATE)
     run(["gramine-manifest", "app.manifest.template", "app.manifest"], geode_env, cwd=tmp_path)
-    run(["gramine-sgx-sign", "-q", "-m", "app.manifest", "-o", "app.manifest.sgx"], geode_env,
-        cwd=tmp_path)
+    if signed:
+        run(["gramine-sgx-sign", "-q", "-m", "app.manifest", "-o", "app.manifest.sgx"],
+            geode_env, cwd=tmp_path)
     out = subprocess.run([sys.executable, "-c", LOAD], env=geode_env, cwd=tmp_path,
                          capture_output=True, text=True, check=True).stdout
     loaded = out.split()
+    # An unsigned manifest (gramine-direct's usual one) needs no SIGSTRUCT or signing code.
+    names = NOT_ON_THE_RUN_PATH + (() if signed else ("geode.signing", "geode.formats"))
     unwanted = [m for m in loaded
-                if any(m == name or m.startswith(name + ".") for name in NOT_ON_THE_RUN_PATH)]
+                if any(m == name or m.startswith(name + ".") for name in names)]
     assert unwanted == []

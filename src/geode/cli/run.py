@@ -9,11 +9,14 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from geode.cli.common import Command
 from geode.errors import GeodeError, ManifestError
 from geode.tee import EnclaveIdentity
+
+if TYPE_CHECKING:
+    from geode.formats.sigstruct import Sigstruct
 
 log = logging.getLogger("geode")
 
@@ -38,7 +41,6 @@ def load_for_run(
     """
     from geode.manifest import build, schema
     from geode.measurement import measure
-    from geode.signing.sign import check_signed_manifest
 
     sig_struct = None
 
@@ -48,7 +50,7 @@ def load_for_run(
             sig = Path(name[: -len(".manifest.sgx")] + ".sig")
             if not sig.exists():
                 raise GeodeError(f"signed manifest without its signature {sig}", where=name)
-            manifest, sig_struct = check_signed_manifest(manifest_arg, sig)
+            manifest, sig_struct = _check_signed(manifest_arg, sig)
         else:
             manifest = build.load(manifest_arg)
         path = manifest_arg
@@ -61,7 +63,7 @@ def load_for_run(
             # A signed manifest is never silently replaced by the unsigned one.
             if not sig.exists():
                 raise GeodeError(f"{signed} exists but its signature {sig} is missing")
-            manifest, sig_struct = check_signed_manifest(signed, sig)
+            manifest, sig_struct = _check_signed(signed, sig)
             path = signed
         elif plain.exists():
             manifest = build.load(plain)
@@ -73,6 +75,12 @@ def load_for_run(
     _check_runtime_pin(manifest, path)
     measurement = sig_struct.enclave_hash if sig_struct else measure(path.read_bytes())
     return manifest, path, EnclaveIdentity(measurement, sig_struct, manifest)
+
+
+def _check_signed(manifest: Path, sig: Path) -> tuple[dict[str, Any], Sigstruct]:
+    from geode.signing.sign import check_signed_manifest  # only signed manifests need it
+
+    return check_signed_manifest(manifest, sig)
 
 
 def _check_runtime_pin(manifest: dict[str, Any], path: Path) -> None:

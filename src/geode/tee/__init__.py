@@ -24,10 +24,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from geode.errors import GeodeError
-from geode.formats.sigstruct import Sigstruct
+
+if TYPE_CHECKING:  # an unsigned manifest's run needs no SIGSTRUCT code
+    from geode.formats.sigstruct import Sigstruct
 
 #: Names of the sealing keys under /dev/attestation/keys, as in Gramine.
 SEAL_KEY_NAMES = ("_sgx_mrenclave", "_sgx_mrsigner")
