@@ -1016,6 +1016,33 @@ def test_link(h: Harness) -> None:
     assert parse_entry(payload).nodeid == 5
 
 
+def test_a_subtree_connection_maps_its_root_to_the_subtree_inode() -> None:
+    """A connection serving a subtree (root=N): node id 1 in the header and in request
+    bodies stands for inode N; other node ids pass unchanged."""
+    harness = Harness(root=50)
+    try:
+        harness.init()
+        parse_entry(harness.ok(OP_LOOKUP, cstr(b"x"), nodeid=1))
+        assert harness.ops.last("lookup")[:2] == (50, b"x")
+        harness.ok(OP_LOOKUP, cstr(b"y"), nodeid=7)
+        assert harness.ops.last("lookup")[:2] == (7, b"y")
+        harness.ok(OP_GETATTR, bytes(16), nodeid=1)
+        assert harness.ops.last("getattr")[0] == 50
+        harness.ok(OP_RENAME, struct.pack(RENAME_IN, 1) + cstr(b"a") + cstr(b"b"), nodeid=7)
+        assert harness.ops.last("rename")[:5] == (7, b"a", 50, b"b", 0)
+        harness.ok(OP_RENAME2, struct.pack(RENAME2_IN, 1, 0, 0) + cstr(b"a") + cstr(b"b"),
+                   nodeid=1)
+        assert harness.ops.last("rename")[:5] == (50, b"a", 50, b"b", 0)
+        harness.ok(OP_LINK, struct.pack(LINK_IN, 1) + cstr(b"l"), nodeid=7)
+        assert harness.ops.last("link")[:3] == (50, 7, b"l")
+        body = struct.pack(BATCH_FORGET_IN, 2, 0) + struct.pack(FORGET_ONE, 1, 3) + \
+            struct.pack(FORGET_ONE, 9, 4)
+        assert harness.dispatch(request(OP_BATCH_FORGET, body, nodeid=0, unique=6))
+        assert [tuple(i) for i in harness.ops.last("forget")[0]] == [(50, 3), (9, 4)]
+    finally:
+        harness.close()
+
+
 def test_unlink_rmdir(h: Harness) -> None:
     assert h.ok(OP_UNLINK, cstr(b"f"), nodeid=4) == b""
     assert h.ops.last("unlink")[:2] == (4, b"f")
@@ -1203,10 +1230,10 @@ def test_garbage_init(garbage: bytes) -> None:
 class Served:
     """A session serving one end of a SOCK_SEQPACKET pair (one read = one request)."""
 
-    def __init__(self, ops: fuse.Operations, threads: int = 1) -> None:
+    def __init__(self, ops: fuse.Operations, threads: int = 1, **kwargs: Any) -> None:
         self.peer, sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.sock = sock
-        self.session = fuse.Session(sock.fileno(), ops)
+        self.session = fuse.Session(sock.fileno(), ops, **kwargs)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._serve, args=(threads,), daemon=True)
         self.thread.start()
@@ -1368,3 +1395,40 @@ class MountCase:
 ])
 def test_mount_args(case: MountCase) -> None:
     assert fuse.mount_args(case.options) == case.expect, case.note
+
+
+def _thread_cpu_ticks(name_prefix: str) -> int:
+    """User+system clock ticks of this process's threads whose name starts with the prefix."""
+    total = 0
+    for t in threading.enumerate():
+        if t.name.startswith(name_prefix) and t.native_id is not None:
+            with open(f"/proc/self/task/{t.native_id}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total
+
+
+def test_busy_polling_reader_answers_then_sleeps() -> None:
+    """With busy_poll_us, requests are answered as usual, and a reader with nothing to do
+    sleeps once the polling window has passed (it does not spin while idle)."""
+    ops = Recorder()
+    s = Served(ops, busy_poll_us=200)
+    try:
+        s.send(request(OP_INIT, init_body(), unique=1))
+        assert s.recv().error == 0
+        for i in range(50):  # back to back: picked up while polling
+            s.send(request(OP_GETATTR, bytes(16), nodeid=3, unique=10 + i))
+            assert s.recv().unique == 10 + i
+        time.sleep(0.05)
+        before = _thread_cpu_ticks("geode-fuse")
+        time.sleep(1.0)
+        spent = _thread_cpu_ticks("geode-fuse") - before
+        assert spent < 0.2 * os.sysconf("SC_CLK_TCK"), spent  # idle, not spinning
+        s.send(request(OP_GETATTR, bytes(16), nodeid=4, unique=99))  # after the window
+        assert s.recv().unique == 99
+        s.send(request(OP_DESTROY, unique=100))
+        assert s.recv().error == 0
+        s.thread.join(10)
+        assert not s.thread.is_alive() and s.error is None
+    finally:
+        s.close()

@@ -291,6 +291,15 @@ _TYPE_NAMES = {LOOKUP: "lookup", FORGET: "forget", GETATTR: "getattr", SETATTR: 
                BATCH_FORGET: "forget", RENAME2: "rename"}
 
 
+_current = threading.local()
+
+
+def current_session() -> Session | None:
+    """The session whose request the calling thread is handling (None outside handlers)."""
+    session: Session | None = getattr(_current, "session", None)
+    return session
+
+
 def _name(data: bytes | memoryview, start: int = 0) -> tuple[bytes, int]:
     """A NUL-terminated name at ``start``; returns it and the offset after the NUL."""
     raw = bytes(data[start:])
@@ -302,16 +311,31 @@ class Session:
     """One FUSE connection: the kernel handshake, then requests dispatched to ``ops``.
 
     ``writeback_cache`` asks the kernel to cache writes (the file system then sees
-    larger, later WRITEs, and READs on descriptors opened write-only)."""
+    larger, later WRITEs, and READs on descriptors opened write-only; the kernel keeps its
+    own size and times of regular files and ignores those ``ops`` report for known inodes).
+
+    ``root`` is the inode of ``ops`` the connection's root stands for: several connections can
+    serve subtrees of one file system (each mounted at the subtree's place), sharing its
+    inode numbers. They must then share ``lock``, the lock every handler runs under.
+
+    ``busy_poll_us``: after each reply a reader keeps polling the device for that long
+    before it sleeps. A request that follows its predecessor's reply closely (a program
+    doing small synchronous I/O) is then picked up without waking a sleeping CPU, at the
+    cost of spinning one; 0 (the default) never spins.
+    """
 
     def __init__(self, fd: int, ops: Operations, *, max_write: int = 1 << 20,
-                 writeback_cache: bool = False, max_readahead: int = 1 << 20) -> None:
+                 writeback_cache: bool = False, max_readahead: int = 1 << 20,
+                 root: int = ROOT_INODE, lock: threading.Lock | None = None,
+                 busy_poll_us: int = 0) -> None:
         self.fd = fd
         self.ops = ops
         self.max_write = max_write
         self.writeback_cache = writeback_cache
         self.max_readahead = max_readahead
-        self.lock = threading.Lock()
+        self.root = root
+        self.busy_poll_ns = busy_poll_us * 1000
+        self.lock = lock if lock is not None else threading.Lock()
         self.proto_minor = 0
         #: negotiated init flags (flags | flags2 << 32)
         self.flags = 0
@@ -388,6 +412,7 @@ class Session:
             _reply_failed(e)
 
     def _worker(self) -> None:
+        _current.session = self
         try:
             self._read_loop()
         except BaseException as e:  # a bug, or the device failing: end the session with it
@@ -399,10 +424,22 @@ class Session:
         # max_write-sized object for every request.
         fd, buf = self.fd, bytearray(self._bufsize)
         whole = memoryview(buf)
+        spin, deadline = self.busy_poll_ns, 0
+        waiter = None
+        if spin:
+            import select
+
+            os.set_blocking(fd, False)  # (shared by every reader: they all wait in poll)
+            waiter = select.poll()
+            waiter.register(fd, select.POLLIN)
         while not self._ended.is_set():
             try:
                 n = os.readv(fd, [buf])
             except OSError as e:
+                if e.errno == errno.EAGAIN and waiter is not None:
+                    if time.perf_counter_ns() >= deadline:
+                        waiter.poll()
+                    continue
                 if e.errno in (errno.EINTR, errno.EAGAIN, errno.ENOENT):
                     continue  # ENOENT: the request was interrupted before we read it
                 if e.errno == errno.ENODEV:  # unmounted or aborted
@@ -417,6 +454,8 @@ class Session:
                 surplus = more and self._threads - self._blocked > 1
                 if surplus:
                     self._threads -= 1
+            if spin:
+                deadline = time.perf_counter_ns() + spin
             if not more:
                 self._end()
                 return
@@ -437,6 +476,8 @@ class Session:
         """Handle one request; False when the connection is over. ``buf`` (and the data
         handed to ``write``) is valid only until the handler returns."""
         length, opcode, unique, nodeid, uid, gid, pid, extlen, _ = _IN_HEADER.unpack_from(buf)
+        if nodeid == ROOT_INODE:
+            nodeid = self.root
         body = memoryview(buf)[_IN_HEADER.size:length - extlen * 8]
         try:
             if opcode == INIT:
@@ -514,6 +555,10 @@ class Session:
                 table[opcode] = method
         return table
 
+    def _inode(self, nodeid: int) -> int:
+        """The inode of ``ops`` a node id in a request body stands for."""
+        return self.root if nodeid == ROOT_INODE else nodeid
+
     def _entry(self, unique: int, attr: EntryAttributes) -> None:
         self._reply(unique, _pack_entry(attr))
 
@@ -541,6 +586,8 @@ class Session:
         count, _ = _BATCH_FORGET_IN.unpack_from(body)
         items = [_FORGET_ONE.unpack_from(body, _BATCH_FORGET_IN.size + i * _FORGET_ONE.size)
                  for i in range(count)]
+        if self.root != ROOT_INODE:
+            items = [(self._inode(ino), n) for ino, n in items]
         self._call_forget(items)
 
     def _call_forget(self, items: Sequence[tuple[int, int]]) -> None:
@@ -606,20 +653,20 @@ class Session:
         (newdir,) = _RENAME_IN.unpack_from(body)
         old, pos = _name(body, _RENAME_IN.size)
         new, _ = _name(body, pos)
-        self.ops.rename(nodeid, old, newdir, new, 0, ctx)  # type: ignore[attr-defined]
+        self.ops.rename(nodeid, old, self._inode(newdir), new, 0, ctx)  # type: ignore[attr-defined]
         self._reply(unique)
 
     def _rename2(self, unique: int, nodeid: int, ctx: RequestContext, body: memoryview) -> None:
         newdir, flags, _ = _RENAME2_IN.unpack_from(body)
         old, pos = _name(body, _RENAME2_IN.size)
         new, _ = _name(body, pos)
-        self.ops.rename(nodeid, old, newdir, new, flags, ctx)  # type: ignore[attr-defined]
+        self.ops.rename(nodeid, old, self._inode(newdir), new, flags, ctx)  # type: ignore[attr-defined]
         self._reply(unique)
 
     def _link(self, unique: int, nodeid: int, ctx: RequestContext, body: memoryview) -> None:
         (old,) = _LINK_IN.unpack_from(body)
         name, _ = _name(body, _LINK_IN.size)
-        self._entry(unique, self.ops.link(old, nodeid, name, ctx))  # type: ignore[attr-defined]
+        self._entry(unique, self.ops.link(self._inode(old), nodeid, name, ctx))  # type: ignore[attr-defined]
 
     def _open(self, unique: int, nodeid: int, ctx: RequestContext, body: memoryview) -> None:
         flags, _ = _OPEN_IN.unpack_from(body)

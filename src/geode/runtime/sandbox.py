@@ -56,7 +56,9 @@ mount)::
        pristine/  a non-recursive clone of root/, used to re-expose view paths that a later
                   kernel tmpfs would otherwise hide
     3. the manifest's tmpfs mounts, in manifest order (and view binds for chroot mounts that
-       lie inside an earlier tmpfs)
+       lie inside an earlier tmpfs), and the view's further FUSE connections: encrypted
+       mounts served on a connection of their own (with the kernel's write-back cache), each
+       mounted at its path with a ``/dev/fuse`` descriptor C opened
     4. a fresh procfs at /proc (mounted by I, hence showing only the sandbox's pid namespace;
        this must happen while the host's /proc is still visible, as the kernel requires)
     5. /dev/{null,zero,full,random,urandom,tty}: bind mounts of the host's device nodes onto
@@ -292,8 +294,9 @@ class IdMapping:
 class KernelMount:
     """A mount made by the kernel on top of the view, in order.
 
-    ``kind`` is ``"tmpfs"``, or ``"view"`` for a path of the view re-exposed (bind mounted from
-    the pristine view) because an earlier tmpfs covers it."""
+    ``kind`` is ``"tmpfs"``, ``"view"`` for a path of the view re-exposed (bind mounted from
+    the pristine view) because an earlier tmpfs covers it, or ``"fuse"`` for a further FUSE
+    connection of the view that serves the subtree at ``path``."""
 
     kind: str
     path: str
@@ -447,6 +450,8 @@ def preflight(*, fuse: bool = True) -> None:
 #   C -> S  b"init <pid>" + [pidfd]   PID 1 forked (pid as seen by S), with a pidfd for it
 #   I -> S  b"fuse" + [/dev/fuse fd]  the view is mounted; S must start serving it now
 #   I -> S  b"dev <st_dev>"           device number of the mounted view
+#   I -> S  b"fuse <path>" + [fd]     a further connection of the view, mounted at <path>
+#   I -> S  b"dev <st_dev> <path>"    its device number
 #   I -> S  b"ready"                  root built, seccomp installed; forking the program
 #   * -> S  b"error <message>"        setup failed; the helper exits
 #   EOF                               every helper closed its end: the program was exec'd
@@ -550,7 +555,8 @@ def _outer_main(cfg: SandboxConfig, ctl: socket.socket, supervisor: int) -> None
         # the opener of /dev/fuse to share it), and before switching ids (as root, /dev/fuse
         # is typically 0600).
         try:
-            fuse_fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+            fuse_fds = [os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+                        for _ in range(1 + sum(m.kind == "fuse" for m in cfg.mounts))]
         except OSError as e:
             raise _SetupFailure(f"FUSE is not available: cannot open /dev/fuse: "
                                 f"{e.strerror}") from None
@@ -566,11 +572,12 @@ def _outer_main(cfg: SandboxConfig, ctl: socket.socket, supervisor: int) -> None
         os.chdir("/")
         pid = os.fork()
         if pid == 0:
-            _init_main(cfg, ctl, fuse_fd)  # never returns
+            _init_main(cfg, ctl, fuse_fds)  # never returns
         pidfd = os.pidfd_open(pid)
         _send(ctl, b"init %d" % pid, [pidfd])
         os.close(pidfd)
-        os.close(fuse_fd)
+        for fd in fuse_fds:
+            os.close(fd)
         ctl.close()
         _, status = os.waitpid(pid, 0)
         code = _exit_code(status)
@@ -587,7 +594,7 @@ def _outer_main(cfg: SandboxConfig, ctl: socket.socket, supervisor: int) -> None
 # --------------------------------------------------------------------------------------------
 
 
-def _init_main(cfg: SandboxConfig, ctl: socket.socket, fuse_fd: int) -> None:
+def _init_main(cfg: SandboxConfig, ctl: socket.socket, fuse_fds: list[int]) -> None:
     """Runs as PID 1 of the sandbox; never returns."""
     code = 125
     try:
@@ -596,7 +603,7 @@ def _init_main(cfg: SandboxConfig, ctl: socket.socket, fuse_fd: int) -> None:
         _set_title("geode-init")
         # PID 1 ignores signals it has no handler for; drop the handler Python installed.
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-        _build_root(cfg, ctl, fuse_fd)
+        _build_root(cfg, ctl, fuse_fds)
         socket.sethostname(cfg.spec.hostname)
         seccomp.install(base=True)
         _send(ctl, b"ready")
@@ -679,7 +686,12 @@ def _stage_dir() -> str:
     raise _SetupFailure("no directory to stage the sandbox's root (/tmp, /mnt, /run)")
 
 
-def _build_root(cfg: SandboxConfig, ctl: socket.socket, fuse_fd: int) -> None:
+def _fuse_options(cfg: SandboxConfig, fd: int) -> str:
+    return (f"fd={fd},rootmode=40000,user_id={os.getuid()},group_id={os.getgid()}"
+            + (f",{cfg.root.options}" if cfg.root.options else ""))
+
+
+def _build_root(cfg: SandboxConfig, ctl: socket.socket, fuse_fds: list[int]) -> None:
     """Steps 1-6 of the mount order (module docstring). Runs in I."""
     # Host sources, opened before anything is covered.
     dev_fds: dict[str, int] = {}
@@ -698,10 +710,10 @@ def _build_root(cfg: SandboxConfig, ctl: socket.socket, fuse_fd: int) -> None:
     root = f"{stage}/root"
     os.mkdir(root, 0o755)
 
-    opts = (f"fd={fuse_fd},rootmode=40000,user_id={os.getuid()},group_id={os.getgid()}"
-            + (f",{cfg.root.options}" if cfg.root.options else ""))
+    fuse_fd, *more_fuse_fds = fuse_fds
     try:
-        _mount(cfg.root.source, root, cfg.root.fstype, cfg.root.flags, opts)
+        _mount(cfg.root.source, root, cfg.root.fstype, cfg.root.flags,
+               _fuse_options(cfg, fuse_fd))
     except OSError as e:
         raise _SetupFailure(f"cannot mount the FUSE view: {e.strerror}") from None
     _send(ctl, b"fuse", [fuse_fd])
@@ -722,6 +734,20 @@ def _build_root(cfg: SandboxConfig, ctl: socket.socket, fuse_fd: int) -> None:
         if m.kind == "tmpfs":
             _mount_at(root_fd, m.path, directory=True, what=what, source="tmpfs",
                       fstype="tmpfs", flags=MS_NOSUID | MS_NODEV, data="mode=1777")
+        elif m.kind == "fuse":
+            fd = more_fuse_fds.pop(0)
+            _mount_at(root_fd, m.path, directory=True, what=what, source=cfg.root.source,
+                      fstype=cfg.root.fstype, flags=cfg.root.flags,
+                      data=_fuse_options(cfg, fd))
+            path = m.path.encode()
+            _send(ctl, b"fuse " + path, [fd])
+            os.close(fd)
+            # served from now on (S serves every connection it is sent)
+            mounted = _resolve(root_fd, m.path)
+            try:
+                _send(ctl, b"dev %d " % os.fstat(mounted).st_dev + path)
+            finally:
+                os.close(mounted)
         else:
             try:
                 src = _resolve(pristine_fd, m.path)
@@ -845,6 +871,10 @@ class Sandbox:
         self.init_pidfd: int | None = None
         self.fuse_fd: int | None = None
         self.fuse_dev: int | None = None  #: st_dev of the mounted view, once known
+        #: the view's further connections as they arrive: (path, /dev/fuse descriptor)
+        self.connections: list[tuple[str, int]] = []
+        #: st_dev of each of those, by path, once known
+        self.connection_devs: dict[str, int] = {}
         self.ctl: socket.socket | None = None
         self.errors: list[str] = []
         self.ready = False
@@ -897,8 +927,8 @@ class Sandbox:
                 self.init_pidfd = fds[0]
             elif msg == b"fuse" and fds:
                 self.fuse_fd = fds[0]
-            elif msg.startswith(b"dev "):
-                self.fuse_dev = int(msg.split()[1])
+            elif self._connection_message(msg, fds):
+                pass
             elif msg.startswith(b"error "):
                 self.errors.append(msg[6:].decode("utf-8", "replace"))
                 for fd in fds:
@@ -939,6 +969,8 @@ class Sandbox:
             except OSError:
                 self.eof = True
                 return
+            if self._connection_message(msg, fds):
+                continue
             for fd in fds:
                 os.close(fd)
             if not msg:
@@ -946,10 +978,22 @@ class Sandbox:
                 return
             if msg == b"ready":
                 self.ready = True
-            elif msg.startswith(b"dev "):
-                self.fuse_dev = int(msg.split()[1])
             elif msg.startswith(b"error "):
                 self.errors.append(msg[6:].decode("utf-8", "replace"))
+
+    def _connection_message(self, msg: bytes, fds: list[int]) -> bool:
+        """Take a ``fuse <path>`` (keeping its descriptor) or ``dev`` message."""
+        if msg.startswith(b"fuse ") and len(fds) == 1:
+            self.connections.append((os.fsdecode(msg[5:]), fds[0]))
+            return True
+        if msg.startswith(b"dev "):
+            _, dev, *path = msg.split(b" ", 2)
+            if path:
+                self.connection_devs[os.fsdecode(path[0])] = int(dev)
+            else:
+                self.fuse_dev = int(dev)
+            return True
+        return False
 
     def signal_program(self, sig: int) -> None:
         """Send ``sig`` to PID 1 (which forwards SIGTERM to the program when injection is on)."""
@@ -982,6 +1026,10 @@ class Sandbox:
         return self.status
 
     def close(self) -> None:
+        for _, fd in self.connections:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.connections.clear()
         for name in ("pidfd", "init_pidfd", "fuse_fd"):
             fd = getattr(self, name)
             if fd is not None:

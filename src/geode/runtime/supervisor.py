@@ -42,7 +42,7 @@ import os
 import select
 import signal
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +76,7 @@ LOG_LEVELS = {
 
 _TEARDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
-Serve = Callable[[Any, int], None]
+Serve = Callable[[Any, int, str], None]
 
 
 class _RuntimeHandler(logging.Handler):
@@ -124,15 +124,18 @@ def _under(path: str, prefix: str) -> bool:
     return path == prefix or prefix == "/" or path.startswith(prefix.rstrip("/") + "/")
 
 
-def kernel_mounts(plan: Any) -> tuple[KernelMount, ...]:
+def kernel_mounts(plan: Any, own_connections: Collection[str] = ()) -> tuple[KernelMount, ...]:
     """The kernel mounts to stack on the FUSE view, in manifest order: every visible ``tmpfs``
-    mount, and a re-exposure of every view-served mount that lies inside an earlier tmpfs."""
+    mount, a further connection of the view for each mount path in ``own_connections``, and
+    a re-exposure of every other view-served mount that lies inside an earlier tmpfs."""
     out: list[KernelMount] = []
     tmpfs: list[str] = []
     for m in plan.visible_mounts:
         if m.type == "tmpfs":
             out.append(KernelMount("tmpfs", m.path, m.where))
             tmpfs.append(m.path)
+        elif m.path in own_connections:
+            out.append(KernelMount("fuse", m.path, m.where))
         elif m.index > 0 and any(_under(m.path, t) for t in tmpfs):
             out.append(KernelMount("view", m.path, m.where))
     if tmpfs and any(_under("/dev/attestation", t) for t in tmpfs):
@@ -159,9 +162,10 @@ def supervise(cfg: SandboxConfig, *, fs: Any, serve: Serve,
               on_mounted: Callable[[int], object] | None = None) -> int:
     """Start the sandbox described by ``cfg`` and supervise it until it exits.
 
-    ``serve(fs, fd)`` serves the view on the ``/dev/fuse`` descriptor PID 1 mounted (on a
-    thread of its own; it returns when the connection ends) and ``on_mounted(st_dev)`` is
-    called once the view's device number is known.
+    ``serve(fs, fd, path)`` serves the view's connection mounted at ``path`` (``/``, and the
+    ``"fuse"`` kernel mounts of ``cfg``) on the ``/dev/fuse`` descriptor PID 1 mounted it with
+    (on a thread of its own; it returns when the connection ends) and ``on_mounted(st_dev)``
+    is called once each connection's device number is known.
     Returns the program's exit status; raises :class:`GeodeError` if the sandbox could not be
     built or the program could not be executed.
     """
@@ -178,7 +182,7 @@ def supervise(cfg: SandboxConfig, *, fs: Any, serve: Serve,
                     for s in _TEARDOWN_SIGNALS}
     old_wakeup = signal.set_wakeup_fd(wake_w)
     sandbox = Sandbox(cfg)
-    server: threading.Thread | None = None
+    servers: dict[str, threading.Thread] = {}
     failure: list[BaseException] = []
     try:
         sandbox.start()  # on any failure it has killed and reaped its helpers
@@ -188,22 +192,28 @@ def supervise(cfg: SandboxConfig, *, fs: Any, serve: Serve,
             return 128 + pending[0]
         assert sandbox.ctl is not None and sandbox.pidfd is not None
 
-        def serve_view() -> None:
-            assert sandbox.fuse_fd is not None and sandbox.init_pid is not None
-            try:
-                if getattr(fs, "attestation", None) is not None:
-                    # FUSE requests carry pids of the sandbox's pid namespace
-                    from geode.runtime.attestation import bind_sandbox
+        assert sandbox.init_pid is not None
+        if getattr(fs, "attestation", None) is not None:
+            # FUSE requests carry pids of the sandbox's pid namespace
+            from geode.runtime.attestation import bind_sandbox
 
-                    bind_sandbox(sandbox.init_pid)
-                serve(fs, sandbox.fuse_fd)
-            except BaseException as e:  # re-raised by the supervisor below
-                failure.append(e)
-                sandbox.kill()
+            bind_sandbox(sandbox.init_pid)
 
-        server = threading.Thread(target=serve_view, name="geode-view", daemon=True)
-        server.start()
-        status = _supervision_loop(sandbox, spec, pending, wake_r, on_mounted)
+        def start_server(path: str, fd: int) -> None:
+            def serve_view() -> None:
+                try:
+                    serve(fs, fd, path)
+                except BaseException as e:  # re-raised by the supervisor below
+                    failure.append(e)
+                    sandbox.kill()
+
+            servers[path] = threading.Thread(target=serve_view, name=f"geode-view{path}",
+                                             daemon=True)
+            servers[path].start()
+
+        assert sandbox.fuse_fd is not None
+        start_server("/", sandbox.fuse_fd)
+        status = _supervision_loop(sandbox, spec, pending, wake_r, on_mounted, start_server)
     except BaseException:
         sandbox.kill()
         sandbox.wait()
@@ -215,8 +225,9 @@ def supervise(cfg: SandboxConfig, *, fs: Any, serve: Serve,
         os.close(wake_r)
         os.close(wake_w)
         sandbox.read_messages()
-        if server is not None:
-            _stop_server(server, sandbox.fuse_dev)
+        devs = {"/": sandbox.fuse_dev, **sandbox.connection_devs}
+        for path, server in servers.items():
+            _stop_server(server, devs.get(path))
         sandbox.close()
     if failure:
         raise failure[0]
@@ -226,8 +237,10 @@ def supervise(cfg: SandboxConfig, *, fs: Any, serve: Serve,
 
 
 def _supervision_loop(sandbox: Sandbox, spec: ProcessSpec, pending: list[int], wake: int,
-                      on_mounted: Callable[[int], object] | None) -> int:
-    """Wait for PID 1 to exit, reading the control socket and acting on host signals.
+                      on_mounted: Callable[[int], object] | None,
+                      start_server: Callable[[str, int], None]) -> int:
+    """Wait for PID 1 to exit, reading the control socket, serving the view's further
+    connections as they arrive and acting on host signals.
     Returns the exit status (128+N when the supervisor was stopped by signal N)."""
     assert sandbox.ctl is not None and sandbox.pidfd is not None
     ctl = sandbox.ctl.fileno()
@@ -235,12 +248,18 @@ def _supervision_loop(sandbox: Sandbox, spec: ProcessSpec, pending: list[int], w
     poller.register(ctl, select.POLLIN)
     poller.register(sandbox.pidfd, select.POLLIN)
     poller.register(wake, select.POLLIN)
-    injected, tuned, stopped_by = False, False, 0
+    injected, stopped_by = False, 0
+    tuned: set[int] = set()
+    served = 0
     while True:
-        # PID 1 reports the view's device number once it is mounted (during start() or later)
-        if not tuned and sandbox.fuse_dev is not None and on_mounted is not None:
-            tuned = True
-            on_mounted(sandbox.fuse_dev)
+        while served < len(sandbox.connections):
+            start_server(*sandbox.connections[served])
+            served += 1
+        # PID 1 reports each connection's device number once it is mounted
+        for dev in (sandbox.fuse_dev, *sandbox.connection_devs.values()):
+            if dev is not None and dev not in tuned and on_mounted is not None:
+                tuned.add(dev)
+                on_mounted(dev)
         ready = {fd for fd, _ in poller.poll()}
         if wake in ready:
             with contextlib.suppress(BlockingIOError):
@@ -339,7 +358,8 @@ def run(manifest: dict[str, Any], *, manifest_path: Path, host_args: list[str],
     from geode.runtime.provision import provision_before_start
 
     spec = provision_before_start(spec, plan, backend, fs.keys)
-    cfg = sandbox_config(spec, root=root, mounts=kernel_mounts(plan))
+    cfg = sandbox_config(spec, root=root, mounts=kernel_mounts(
+        plan, [m.path for m in fs.own_connections]))
     log.debug("tee backend: %s", tee)
     from geode.runtime import viewfs
 

@@ -25,9 +25,10 @@ opening an unbound one gives ENXIO), devpts at ``/dev/pts`` and tmpfs at ``/dev/
 ``/proc/self/fd``. ``fs.keys`` is the live ``name -> 16 bytes`` table behind
 ``/dev/attestation/keys``; ``fs.attestation.files`` holds the other ``/dev/attestation``
 pseudo-files (extend it with :class:`PseudoFile` subclasses). ``fs.stats`` counts FUSE
-requests per operation (``fs.verified_bytes``, ``fs.busy_ns``: bytes hashed at first opens,
-time spent in handlers). ``ViewFS(..., owner=(uid, gid))`` makes every file appear owned by
-that uid/gid (as numbered in the FUSE connection's user namespace; default: the host owner).
+requests per operation (``fs.verified_bytes``: bytes hashed at first opens; ``fs.busy_ns``,
+``fs.op_ns``: time spent in handlers, in all and per operation).
+``ViewFS(..., owner=(uid, gid))`` makes every file appear owned by that uid/gid (as
+numbered in the FUSE connection's user namespace; default: the host owner).
 ``MOUNT_OPTIONS`` are the libfuse-style options ``serve`` mounts with; a launcher that mounts
 ``/dev/fuse`` itself should use their kernel equivalents and may call
 :func:`tune_readahead` with the mount's device number, as ``serve`` does.
@@ -157,6 +158,9 @@ DEV_LINKS = {
     "stdout": "/proc/self/fd/1",
     "stderr": "/proc/self/fd/2",
 }
+#: busy-polling of the encrypted mounts' own connections after each reply, in µs (see
+#: fuse.Session; docs/performance.md has the measurements)
+OWN_CONNECTION_POLL_US = 100
 MOUNT_OPTIONS = (
     "fsname=geode",
     "subtype=geode",
@@ -475,6 +479,8 @@ class Node:
     #: trusted: attributes frozen at verification (set once it succeeded)
     vstat: os.stat_result | None = None
     lock: threading.Lock | None = None
+    #: encrypted: the kernel was given this inode while its size was unknown (no key yet)
+    unsized: bool = False
     handles: set[int] = field(default_factory=set)
     listing: list[tuple[str, Any]] | None = None
     listing_expiry: float = 0.0
@@ -507,7 +513,8 @@ class _Root:
 @dataclass(slots=True)
 class _Dir:
     node: Node
-    entries: list[tuple[str, Any]]
+    #: listed at the first READDIR (a directory is often opened only to be fsync'ed)
+    entries: list[tuple[str, Any]] | None = None
 
 
 def _join_rel(rel: str, name: str) -> str:
@@ -545,7 +552,9 @@ def _op(fn: _F) -> _F:
             log.exception("internal error in %s", name)
             raise fuse.FUSEError(errno.EIO) from None
         finally:
-            self.busy_ns += time.perf_counter_ns() - t0
+            spent = time.perf_counter_ns() - t0
+            self.busy_ns += spent
+            self.op_ns[name] += spent
 
     return wrapper  # type: ignore[return-value]
 
@@ -581,6 +590,8 @@ class ViewFS(fuse.Operations):
         self.verified_bytes = 0
         #: wall time spent inside request handlers (including awaited hashing threads)
         self.busy_ns = 0
+        #: handler time per operation
+        self.op_ns: Counter[str] = Counter()
         #: push verified small files into the page cache (set False to measure without)
         self.store_verified = True
         self.owner = owner
@@ -618,8 +629,18 @@ class ViewFS(fuse.Operations):
         self._handles: dict[int, _Handle] = {}
         self._dirs: dict[int, _Dir] = {}
         self._next_fh = 1
-        #: the FUSE connection serving this view (set by fuse.Session at the handshake)
-        self._session: fuse.Session | None = None
+        #: every connection serving this view handles requests under this lock
+        self.lock = threading.Lock()
+        #: encrypted mounts to serve on FUSE connections of their own, with the kernel's
+        #: write-back cache (see serve_fd): those of a host directory with no mount below
+        self.own_connections = tuple(
+            m for m in self._visible
+            if m.type == "encrypted" and m.path != "/" and m.index in self._roots
+            and self._roots[m.index].is_dir
+            and not any(o is not m and o.path.startswith(m.path + "/") for o in self._visible))
+        #: indexes of the mounts being served with write-back caching
+        self._writeback: set[int] = set()
+        self._serving = 0
         self._make_root()
 
     def report(self) -> dict[str, float]:
@@ -628,18 +649,18 @@ class ViewFS(fuse.Operations):
         stats["total"] = sum(self.stats.values())
         stats["verified_bytes"] = self.verified_bytes
         stats["busy_ms"] = round(self.busy_ns / 1e6, 3)
+        for name, ns in self.op_ns.items():
+            stats[f"busy_ms.{name}"] = round(ns / 1e6, 3)
         return stats
 
     # ------------------------------------------------------------------ connection
 
-    def init(self, session: fuse.Session) -> None:
-        self._session = session
-
     def _released(self) -> contextlib.AbstractContextManager[None]:
         """Let other requests run while this handler blocks (see fuse.Session.lock)."""
-        if self._session is None:
+        session = fuse.current_session()
+        if session is None:
             return contextlib.nullcontext()
-        return self._session.released()
+        return session.released()
 
     @contextlib.contextmanager
     def _node_locked(self, lock: threading.Lock) -> Iterator[None]:
@@ -653,9 +674,31 @@ class ViewFS(fuse.Operations):
             lock.release()
 
     def _notify_store(self, ino: int, offset: int, data: bytes | memoryview) -> None:
-        if self._session is None:
+        session = fuse.current_session()
+        if session is None:
             raise OSError(errno.ENOSYS, "not served")
-        self._session.notify_store(ino, offset, data)
+        session.notify_store(ino, offset, data)
+
+    def connection_root(self, path: str) -> int:
+        """The inode a FUSE connection serving the view at ``path`` has as its root: the
+        root, or the mount point of one of :attr:`own_connections` (then served with the
+        kernel's write-back cache)."""
+        if path == "/":
+            return fuse.ROOT_INODE
+        mount = next((m for m in self.own_connections if m.path == path), None)
+        if mount is None:
+            raise GeodeError("not a mount served on a connection of its own", where=path)
+        with self.lock:
+            node = self._get(fuse.ROOT_INODE)
+            for name in path.strip("/").split("/"):
+                found = self._child(node, name)
+                if found is None or found[0].kind is not Kind.DIR:
+                    raise GeodeError("mount point is not a directory in the view", where=path)
+                node = found[0]
+            node.permanent = True
+            node.lookups += 1
+            self._writeback.add(mount.index)
+            return node.ino
 
     # ------------------------------------------------------------------ setup
 
@@ -1081,7 +1124,8 @@ class ViewFS(fuse.Operations):
         size = self.enc.plain_size(node.mount, node.rel, st)
         if size is None:  # key not set yet, or not authentic: ask again next time
             a.st_size = 0
-            a.attr_timeout = 0
+            a.attr_timeout = a.entry_timeout = 0
+            node.unsized = True
         else:
             a.st_size = size
         mtime = self.enc.open_mtime(node.mount, st)
@@ -1201,10 +1245,34 @@ class ViewFS(fuse.Operations):
             neg.st_ino = 0
             neg.entry_timeout = parent.timeout
             return neg
-        node, st = found
-        attr = self._attr(node, st)
+        node, attr = self._entry_attr(*found)
         node.lookups += 1
         return attr
+
+    def _entry_attr(self, node: Node, st: os.stat_result | None
+                    ) -> tuple[Node, fuse.EntryAttributes]:
+        """Attributes for a new reference of the kernel to ``node`` (lookup, readdirplus).
+
+        With the write-back cache the kernel keeps the size an inode had when it first saw
+        it: an encrypted file it saw before its key was known gets a new inode number once
+        its size is known (a path walk then drops the old dentry)."""
+        if node.unsized and node.mount is not None and node.mount.index in self._writeback:
+            if st is None:
+                st = self._stat(node)
+            if st is not None and self.enc.plain_size(node.mount, node.rel, st) is not None:
+                node = self._renumber(node)
+        return node, self._attr(node, st)
+
+    def _renumber(self, node: Node) -> Node:
+        """A new node (and inode number) for ``node``'s file; the old one stays until the
+        kernel forgets it."""
+        ino = self._next_ino
+        self._next_ino += 1
+        self._inos[node.key] = ino
+        return self._register(Node(ino=ino, kind=node.kind, vpath=node.vpath, key=node.key,
+                                   mount=node.mount, rel=node.rel, host=node.host,
+                                   policy=node.policy, timeout=node.timeout,
+                                   parent=node.parent))
 
     def forget(self, inode_list: Sequence[tuple[fuse.InodeT, int]]) -> None:
         self.stats["forget"] += 1
@@ -1301,10 +1369,9 @@ class ViewFS(fuse.Operations):
         node = self._get(inode)
         if node.kind is not Kind.DIR:
             raise _fail(errno.ENOTDIR)
-        entries = self._listing(node)
         fh = self._next_fh
         self._next_fh += 1
-        self._dirs[fh] = _Dir(node=node, entries=entries)
+        self._dirs[fh] = _Dir(node=node)
         return fh
 
     def _materialize(self, d: _Dir, name: str, info: Any,
@@ -1332,6 +1399,8 @@ class ViewFS(fuse.Operations):
         if d is None:
             raise _fail(errno.EBADF)
         node = d.node
+        if d.entries is None:
+            d.entries = self._listing(node)
         if start_id == 0:
             if not fuse.readdir_reply(token, b".", self._attr(node), 1):
                 return
@@ -1351,9 +1420,8 @@ class ViewFS(fuse.Operations):
                     continue
                 if found is None:
                     continue
-                child, st = found
                 try:
-                    attr = self._attr(child, st)
+                    child, attr = self._entry_attr(*found)
                 except (OSError, fuse.FUSEError):
                     continue
                 if not fuse.readdir_reply(token, os.fsencode(name), attr, i + 3):
@@ -1981,10 +2049,17 @@ class ViewFS(fuse.Operations):
             if fields.update_size:
                 self._truncate_encrypted(node, fh, attr.st_size)
             if fields.update_mode or fields.update_atime or fields.update_mtime:
-                self._set_meta(node, attr, fields)
-                st = self._stat(node)
+                ef = self._open_enc(node, fh)
+                st: os.stat_result | None
+                if ef is not None:  # (the write-back cache sends times at every fsync)
+                    self._set_meta_fd(ef.fd, attr, fields)
+                    st = os.fstat(ef.fd)
+                else:
+                    self._set_meta(node, attr, fields)
+                    st = self._stat(node)
                 if fields.update_mtime and st is not None:
                     self.enc.set_mtime(node.mount, st, st.st_mtime_ns)
+                return self._attr(node, st)
             return self._attr(node)
         if node.kind is Kind.FILE:
             if node.policy is Policy.TRUSTED:
@@ -2012,6 +2087,17 @@ class ViewFS(fuse.Operations):
             self._set_meta(node, attr, fields)
         # update_uid / update_gid: accepted and ignored (ownership is not passed through)
         return self._attr(node)
+
+    def _open_enc(self, node: Node, fh: int | None) -> encfs.EncFile | None:
+        """The open protected file behind ``node`` (through ``fh`` or any handle), if any."""
+        h = self._handles.get(fh) if fh is not None else None
+        if h is not None and h.enc is not None:
+            return h.enc
+        for other in node.handles:
+            h = self._handles.get(other)
+            if h is not None and h.enc is not None:
+                return h.enc
+        return None
 
     def _truncate_encrypted(self, node: Node, fh: int | None, size: int) -> None:
         h = self._handles.get(fh) if fh is not None else None
@@ -2059,15 +2145,22 @@ class ViewFS(fuse.Operations):
             fd = self._open_host(node, os.O_RDONLY)
             target = fd
         try:
-            if fields.update_mode:
-                os.chmod(target, stat.S_IMODE(attr.st_mode))
-            if fields.update_atime or fields.update_mtime:
-                cur = os.fstat(fd)
-                at = attr.st_atime_ns if fields.update_atime else cur.st_atime_ns
-                mt = attr.st_mtime_ns if fields.update_mtime else cur.st_mtime_ns
-                os.utime(target, ns=(at, mt))
+            self._set_meta_fd(fd, attr, fields, target)
         finally:
             os.close(fd)
+
+    @staticmethod
+    def _set_meta_fd(fd: int, attr: fuse.EntryAttributes, fields: fuse.SetattrFields,
+                     target: int | str | None = None) -> None:
+        """Mode and times of the host file open as ``fd`` (changed through ``target``)."""
+        target = fd if target is None else target
+        if fields.update_mode:
+            os.chmod(target, stat.S_IMODE(attr.st_mode))
+        if fields.update_atime or fields.update_mtime:
+            cur = os.fstat(fd)
+            at = attr.st_atime_ns if fields.update_atime else cur.st_atime_ns
+            mt = attr.st_mtime_ns if fields.update_mtime else cur.st_mtime_ns
+            os.utime(target, ns=(at, mt))
 
     @_op
     def statfs(self, ctx: fuse.RequestContext) -> fuse.StatvfsData:
@@ -2115,13 +2208,30 @@ def _raise_nofile_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def serve_fd(fs: ViewFS, fd: int, *, threads: int = 4) -> None:
+def serve_fd(fs: ViewFS, fd: int, path: str = "/", *, threads: int = 4) -> None:
     """Serve ``fs`` on the ``/dev/fuse`` descriptor ``fd`` until the connection ends (the
-    mount is gone); then write back and close the view's files."""
+    mount is gone); when the last connection of the view ends, write back and close the
+    view's files.
+
+    ``path`` is where ``fd`` is mounted in the view: ``/``, or one of ``fs.own_connections``
+    (mounted on top of the view's mount point). Those are served with the kernel's
+    write-back cache: it merges small writes into page-sized and larger WRITE requests and
+    answers ``stat`` itself, which only a connection whose files change through it alone
+    (encrypted files) can allow.
+    """
+    own = path != "/"
+    session = fuse.Session(fd, fs, root=fs.connection_root(path), writeback_cache=own,
+                           lock=fs.lock, busy_poll_us=OWN_CONNECTION_POLL_US if own else 0)
+    with fs.lock:
+        fs._serving += 1
     try:
-        fuse.Session(fd, fs).serve(threads)
+        session.serve(threads)
     finally:
-        fs.close()
+        with fs.lock:
+            fs._serving -= 1
+            last = fs._serving == 0
+        if last:
+            fs.close()
 
 
 def serve(fs: ViewFS, mountpoint: Path, *,
@@ -2149,31 +2259,66 @@ def serve(fs: ViewFS, mountpoint: Path, *,
 
     server = threading.Thread(target=run, name="geode-view", daemon=True)
     server.start()
-    dev: int | None = None
+    #: (server thread, its connection's device number once known, the /dev/fuse descriptor
+    #: to close after it, or -1 when the thread closes it)
+    servers: list[tuple[threading.Thread, int | None, int]] = []
     try:
         # The first stat completes the FUSE handshake: the view is live after it.
         try:
             dev = os.stat(mnt).st_dev
         except OSError as e:
+            servers.append((server, None, fd))
             raise GeodeError(f"the view did not come up: {e.strerror}", where=str(mnt)) from None
+        servers.append((server, dev, fd))
         tune_readahead(dev)
+        for m in fs.own_connections:  # as geode run's sandbox does (unmounted with the view)
+            servers.append(_serve_own_connection(fs, str(mnt) + m.path, m.path, data, source,
+                                                 fstype, flags))
         log.debug("view mounted at %s", mnt)
         if ready is not None:
             ready()
         server.join()
     finally:
-        fuse.unmount(str(mnt))
-        server.join(2.0)
-        if server.is_alive() and dev is not None:  # files still open in the unmounted view
-            fuse.abort(dev)
-            server.join(10.0)
-        if server.is_alive():  # no fusectl to abort through: the connection ends with them
-            log.warning("files of the unmounted view at %s are still open; its server "
-                        "stops when they are closed", mnt)
-        else:
-            os.close(fd)
+        fuse.unmount(str(mnt))  # lazily: the own connections' mounts go with it
+        for thread, sdev, sfd in servers:
+            thread.join(2.0)
+            if thread.is_alive() and sdev is not None:  # files still open in the unmounted view
+                fuse.abort(sdev)
+                thread.join(10.0)
+            if thread.is_alive():  # no fusectl to abort through: it ends with those files
+                log.warning("files of the unmounted view at %s are still open; its server "
+                            "stops when they are closed", mnt)
+            elif sfd >= 0:
+                os.close(sfd)
     if failure:
         raise failure[0]
+
+
+def _serve_own_connection(fs: ViewFS, target: str, path: str, options: str, source: str,
+                          fstype: str, flags: int) -> tuple[threading.Thread, int | None, int]:
+    try:
+        fd = fuse.mount(target, options=options, source=source, fstype=fstype, flags=flags)
+    except OSError as e:
+        raise GeodeError(f"cannot mount the view's connection for {path}: {e.strerror}",
+                         where=target) from None
+
+    def run() -> None:
+        try:
+            serve_fd(fs, fd, path)
+        except BaseException:  # logged; the rest of the view goes on
+            log.exception("the view's FUSE connection for %s failed", path)
+        finally:
+            os.close(fd)  # (ends the connection if it was never served)
+
+    thread = threading.Thread(target=run, name=f"geode-view{path}", daemon=True)
+    thread.start()
+    try:
+        dev: int | None = os.stat(target).st_dev
+    except OSError:
+        dev = None
+    if dev is not None:
+        tune_readahead(dev)
+    return thread, dev, -1
 
 
 # ------------------------------------------------------------------------------------------
