@@ -692,6 +692,52 @@ def test_serve_in_process_ready_and_clean_unmount(tmp_path: Path) -> None:
     assert not is_mounted(mnt)
 
 
+@pytest.mark.parametrize("change", [None, "rewritten", "replaced"])
+def test_prefetched_entry_point_is_served_only_if_unchanged(tmp_path: Path, change: str | None,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """The supervisor hashes the entry point while the sandbox is built; its first open uses
+    that result only for the very same, unchanged host file, else it hashes what it opens
+    (a file changed in between is refused, never served)."""
+    from geode.runtime import viewfs
+    from geode.runtime.plan import ViewPlan
+
+    root = tmp_path / "root"
+    (root / "bin").mkdir(parents=True)
+    app = root / "bin" / "app"
+    content = os.urandom(3 << 20)  # big enough for the parallel hashing path
+    app.write_bytes(content)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    manifest: dict[str, Any] = {"fs": {"root": {"uri": f"file:{root}"}},
+                                "sgx": {"trusted_files": [trusted(app)]}}
+    fs = viewfs.ViewFS(ViewPlan.from_manifest(manifest, base_dir=tmp_path), manifest)
+    fs.prefetch("/bin/app")
+    [job] = fs._prefetched.values()
+    assert job.done.wait(30) and job.digest == hashlib.sha256(content).hexdigest()
+    if change == "rewritten":  # same inode, same size, new bytes
+        with open(app, "r+b") as f:
+            f.write(b"X" * 16)
+    elif change == "replaced":
+        (root / "bin" / "new").write_bytes(b"Y" * len(content))
+        os.replace(root / "bin" / "new", app)
+    hashed: list[int] = []
+    real = viewfs._hash_fd
+    monkeypatch.setattr(viewfs, "_hash_fd", lambda fd, size, **kw: (hashed.append(size),
+                                                                    real(fd, size, **kw))[1])
+    with view_served_in_thread(fs, mnt):
+        if change is None:
+            assert (mnt / "bin" / "app").read_bytes() == content
+            assert hashed == []  # the prefetched result was used
+        else:
+            with pytest.raises(PermissionError):
+                (mnt / "bin" / "app").read_bytes()
+            assert hashed == [len(content)]
+        if change != "replaced":  # (the old inode's result is dropped when the view closes)
+            assert fs._prefetched == {}
+    assert fs._prefetched == {}
+
+
 @pytest.mark.parametrize("stop", ["unmount", "ready-fails"])
 def test_serve_stopped_leaves_no_mount(tmp_path: Path, stop: str) -> None:
     from geode.runtime import fuse

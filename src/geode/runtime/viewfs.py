@@ -487,6 +487,16 @@ class Node:
 
 
 @dataclass(eq=False, slots=True)
+class _Prefetch:
+    """A trusted file hashed ahead of its first open (see ViewFS.prefetch)."""
+
+    st: os.stat_result
+    done: threading.Event = field(default_factory=threading.Event)
+    digest: str = ""
+    blocks: list[bytes] | None = None
+
+
+@dataclass(eq=False, slots=True)
 class _Handle:
     node: Node
     fd: int = -1
@@ -641,6 +651,8 @@ class ViewFS(fuse.Operations):
         #: indexes of the mounts being served with write-back caching
         self._writeback: set[int] = set()
         self._serving = 0
+        #: trusted files being or having been hashed ahead of their first open, by host inode
+        self._prefetched: dict[tuple[int, int], _Prefetch] = {}
         self._make_root()
 
     def report(self) -> dict[str, float]:
@@ -732,6 +744,7 @@ class ViewFS(fuse.Operations):
     def close(self) -> None:
         """Write back encrypted files; close host descriptors (mount roots and open handles).
         Idempotent."""
+        self._prefetched.clear()
         self.enc.close_all()
         for h in self._handles.values():
             if h.fd >= 0:
@@ -1472,14 +1485,73 @@ class ViewFS(fuse.Operations):
         h.node.handles.add(fh)
         return fh
 
+    def prefetch(self, vpath: str) -> None:
+        """Start hashing the trusted file at ``vpath`` on a thread of its own, so that its
+        first open (typically the entry point's, by execve) finds it verified; called while
+        the sandbox is being built. Only a regular file named by a trusted-files entry is
+        read, and only what was hashed is ever served: the first open uses the result if the
+        host file it opens is the same inode, unchanged since (size and times), else it
+        hashes the file itself."""
+        if not self.store_verified:
+            return
+        mount, rel = self.plan.resolve(vpath)
+        root = self._roots.get(mount.index)
+        if mount.type != "chroot" or root is None:
+            return
+        host = _join_host(root.host, rel) if root.is_dir else root.host
+        policy, sha = self.classify(host)
+        if policy is not Policy.TRUSTED:
+            return
+        flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK | os.O_NOFOLLOW
+        try:
+            fd = openat2(root.fd, rel, flags) if root.is_dir else os.open(root.host, flags)
+        except OSError:
+            return
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > STORE_MAX:
+            os.close(fd)
+            return
+        job = _Prefetch(st)
+        with self.lock:
+            self._prefetched[(st.st_dev, st.st_ino)] = job
+
+        def run() -> None:
+            try:
+                os.set_blocking(fd, True)
+                job.digest, _, job.blocks = _hash_fd(fd, st.st_size, keep=True, table=False,
+                                                     parallel=st.st_size >= PARALLEL_HASH_MIN)
+            except OSError:
+                job.digest, job.blocks = "", None
+            finally:
+                os.close(fd)
+                job.done.set()
+
+        threading.Thread(target=run, name="geode-prefetch", daemon=True).start()
+
+    def _take_prefetched(self, st: os.stat_result) -> _Prefetch | None:
+        """The finished prefetch of the host file whose attributes are ``st``, if it is that
+        very file, unchanged."""
+        job = self._prefetched.pop((st.st_dev, st.st_ino), None)
+        if job is None:
+            return None
+        if not job.done.is_set():
+            with self._released():
+                job.done.wait()
+        same = (job.st.st_size, job.st.st_mtime_ns, job.st.st_ctime_ns) == \
+            (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        return job if same and job.blocks is not None else None
+
     def _verify(self, node: Node, fd: int) -> None:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise _fail(errno.EACCES)
         size = st.st_size
         keep = self.store_verified and size <= STORE_MAX
+        job = self._take_prefetched(st) if self._prefetched else None
         try:
-            if size >= THREAD_HASH_MIN:
+            if job is not None:  # (its bytes go into the page cache, as a kept file's)
+                keep, digest, table, blocks = True, job.digest, b"", job.blocks
+            elif size >= THREAD_HASH_MIN:
                 # a big file: other requests are served while it is hashed
                 with self._released():
                     digest, table, blocks = _hash_fd(fd, size, keep=keep, table=not keep,
