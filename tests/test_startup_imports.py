@@ -38,8 +38,20 @@ manifest, path, identity = load_for_run(None, "app")
 from geode.runtime.provision import provision_before_start
 spec = types.SimpleNamespace(env={"PATH": "/bin"})
 assert provision_before_start(spec, None, None, {}) is spec
+if sys.argv[1] == "view":  # and the supervisor's view of it, with the "none" TEE backend
+    from geode.runtime import supervisor, viewfs
+    from geode.runtime.plan import ViewPlan
+    from geode.tee import open_backend
+
+    plan = ViewPlan.from_manifest(manifest, base_dir=path.parent)
+    viewfs.ViewFS(plan, manifest, tee=open_backend("none", identity)).close()
 print(" ".join(sorted(sys.modules)))
 """
+
+#: What the supervisor does not need for a view without encrypted mounts or attestation
+#: files: the thread-pool machinery, attestation pseudo-files, the protected-file format.
+NOT_IN_A_PLAIN_VIEW = ("concurrent.futures", "geode.runtime.attestation", "geode.tee.sgx",
+                       "geode.formats.pf")
 
 
 def test_command_table_names_each_command() -> None:
@@ -67,9 +79,10 @@ def test_provisioning_variable_named_once() -> None:
     assert provision.ENV_CONSTRUCTOR == secret_prov.ENV_CONSTRUCTOR
 
 
-@pytest.mark.parametrize("signed", [True, False])
+@pytest.mark.parametrize(("signed", "what"), [(True, "load"), (False, "load"),
+                                              (False, "view")])
 def test_loading_a_manifest_imports_little(
-    tmp_path: Path, geode_env: dict[str, str], signed: bool
+    tmp_path: Path, geode_env: dict[str, str], signed: bool, what: str
 ) -> None:
     (tmp_path / "app").write_bytes(b"#!/bin/sh\necho app\n")
     (tmp_path / "app.manifest.template").write_text(TEMPLATE)
@@ -77,11 +90,13 @@ def test_loading_a_manifest_imports_little(
     if signed:
         run(["gramine-sgx-sign", "-q", "-m", "app.manifest", "-o", "app.manifest.sgx"],
             geode_env, cwd=tmp_path)
-    out = subprocess.run([sys.executable, "-c", LOAD], env=geode_env, cwd=tmp_path,
+    out = subprocess.run([sys.executable, "-c", LOAD, what], env=geode_env, cwd=tmp_path,
                          capture_output=True, text=True, check=True).stdout
     loaded = out.split()
+    assert ("geode.runtime.viewfs" in loaded) == (what == "view")
     # An unsigned manifest (gramine-direct's usual one) needs no SIGSTRUCT or signing code.
     names = NOT_ON_THE_RUN_PATH + (() if signed else ("geode.signing", "geode.formats"))
+    names += NOT_IN_A_PLAIN_VIEW if what == "view" else ()
     unwanted = [m for m in loaded
                 if any(m == name or m.startswith(name + ".") for name in names)]
     assert unwanted == []

@@ -905,7 +905,7 @@ def test_setattr_fields(h: Harness, valid: int, fields: set[str]) -> None:
                                 atime=(10, 11), mtime=(20, 21), ctime=(30, 31)), nodeid=44)
     ino, attr, got, fh, ctx = h.ops.last("setattr")
     assert ino == 44 and ctx.uid == UID
-    assert {k for k, v in vars(got).items() if v} == fields
+    assert {k for k, v in got._asdict().items() if v} == fields
     assert fh == (5 if valid & V_FH else None)
     assert (attr.st_size, attr.st_mode, attr.st_uid, attr.st_gid) == (123, 0o100600, 7, 8)
     if not valid & V_ATIME_NOW:

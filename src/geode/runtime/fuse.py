@@ -42,8 +42,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any, NewType
+from typing import Any, NamedTuple, NewType
 
 log = logging.getLogger("geode.fuse")
 
@@ -160,16 +159,21 @@ class EntryAttributes:
         self.st_ctime_ns = 0
 
 
-@dataclass
 class FileInfo:
-    """What an OPEN or CREATE handler returns."""
+    """What an OPEN or CREATE handler returns. ``noflush``: do not send FLUSH when a
+    descriptor of this open file is closed."""
 
-    fh: int = 0
-    direct_io: bool = False
-    keep_cache: bool = False
-    nonseekable: bool = False
-    #: do not send FLUSH when a descriptor of this open file is closed
-    noflush: bool = False
+    __slots__ = ("fh", "direct_io", "keep_cache", "nonseekable", "noflush")
+
+    def __init__(self, fh: int = 0, direct_io: bool = False, keep_cache: bool = False,
+                 nonseekable: bool = False, noflush: bool = False) -> None:
+        self.fh, self.direct_io, self.keep_cache = fh, direct_io, keep_cache
+        self.nonseekable, self.noflush = nonseekable, noflush
+
+    def __repr__(self) -> str:
+        return (f"FileInfo(fh={self.fh}, direct_io={self.direct_io}, "
+                f"keep_cache={self.keep_cache}, nonseekable={self.nonseekable}, "
+                f"noflush={self.noflush})")
 
 
 class RequestContext:
@@ -181,8 +185,7 @@ class RequestContext:
         self.uid, self.gid, self.pid, self.umask = uid, gid, pid, umask
 
 
-@dataclass(frozen=True)
-class SetattrFields:
+class SetattrFields(NamedTuple):
     update_mode: bool = False
     update_uid: bool = False
     update_gid: bool = False

@@ -91,8 +91,8 @@ import signal
 import socket
 import stat
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from geode.errors import GeodeError, ManifestError
 from geode.runtime import seccomp
@@ -276,8 +276,7 @@ class SandboxError(GeodeError):
     """The sandbox could not be set up (reported by a helper process)."""
 
 
-@dataclass(frozen=True)
-class IdMapping:
+class IdMapping(NamedTuple):
     """User-namespace id maps, and the in-namespace ids Geode's helpers (C, I) run as."""
 
     uid_map: str
@@ -290,8 +289,7 @@ class IdMapping:
     self_map: bool = False
 
 
-@dataclass(frozen=True)
-class KernelMount:
+class KernelMount(NamedTuple):
     """A mount made by the kernel on top of the view, in order.
 
     ``kind`` is ``"tmpfs"``, ``"view"`` for a path of the view re-exposed (bind mounted from
@@ -303,8 +301,7 @@ class KernelMount:
     where: str = ""
 
 
-@dataclass(frozen=True)
-class FuseRoot:
+class FuseRoot(NamedTuple):
     """The root is the supervisor's FUSE file system, mounted by PID 1 as
     ``mount(source, root, fstype, flags, "fd=N,rootmode=40000,user_id=,group_id=," + options)``.
     """
@@ -315,11 +312,10 @@ class FuseRoot:
     flags: int = MS_NOSUID | MS_NODEV
 
 
-@dataclass(frozen=True)
-class SandboxConfig:
+class SandboxConfig(NamedTuple):
     spec: ProcessSpec
     ids: IdMapping
-    root: FuseRoot = field(default_factory=FuseRoot)
+    root: FuseRoot = FuseRoot()
     mounts: tuple[KernelMount, ...] = ()
     #: clamped limits actually applied (see :func:`effective_limits`)
     rlimits: tuple[tuple[int, int], ...] = ()

@@ -193,8 +193,9 @@ def supervise(cfg: SandboxConfig, *, fs: Any, serve: Serve,
         assert sandbox.ctl is not None and sandbox.pidfd is not None
 
         assert sandbox.init_pid is not None
-        if getattr(fs, "attestation", None) is not None:
-            # FUSE requests carry pids of the sandbox's pid namespace
+        if getattr(getattr(fs, "attestation", None), "files", None):
+            # the attestation files' per-process state: FUSE requests carry pids of the
+            # sandbox's pid namespace
             from geode.runtime.attestation import bind_sandbox
 
             bind_sandbox(sandbox.init_pid)

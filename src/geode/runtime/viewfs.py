@@ -94,8 +94,6 @@ What the program sees
 
 from __future__ import annotations
 
-import argparse
-import concurrent.futures
 import contextlib
 import ctypes
 import enum
@@ -105,6 +103,7 @@ import hashlib
 import logging
 import os
 import posixpath
+import queue
 import resource
 import stat
 import sys
@@ -112,9 +111,8 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from geode.errors import GeodeError, ManifestError
 from geode.runtime import encfs, fuse
@@ -240,7 +238,30 @@ def _pread_full(fd: int, size: int, offset: int) -> bytes:
     return b"".join(parts)
 
 
-_full_hasher: concurrent.futures.ThreadPoolExecutor | None = None
+class _BackgroundHash:
+    """Feeds a hash object on a thread of its own (hashlib releases the GIL for big
+    updates), at most two blocks behind the caller."""
+
+    def __init__(self, h: Any) -> None:
+        self._h = h
+        self._todo: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._room = threading.Semaphore(2)
+        self._thread = threading.Thread(target=self._run, name="geode-hash", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (block := self._todo.get()) is not None:
+            self._h.update(block)
+            self._room.release()
+
+    def update(self, block: bytes) -> None:
+        self._room.acquire()
+        self._todo.put(block)
+
+    def finish(self) -> None:
+        """Wait until every block given is hashed."""
+        self._todo.put(None)
+        self._thread.join()
 
 
 def _hash_fd(fd: int, size: int, *, keep: bool = False, parallel: bool = False,
@@ -250,16 +271,14 @@ def _hash_fd(fd: int, size: int, *, keep: bool = False, parallel: bool = False,
 
     Hashes the first ``size`` bytes of ``fd``; raises OSError(ENODATA) if the file is
     shorter. With ``parallel`` the whole-file hash runs on a helper thread while this one
-    computes the chunk hashes (hashlib releases the GIL), halving the time of big files.
+    reads and computes the chunk hashes, halving the time of big files.
     """
-    global _full_hasher
     full = hashlib.sha256()
     chunks = bytearray()
     blocks: list[bytes] | None = [] if keep else None
     sha256 = hashlib.sha256
-    pending: concurrent.futures.Future[None] | None = None
-    if parallel and _full_hasher is None:
-        _full_hasher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="geode-hash")
+    background = _BackgroundHash(full) if parallel else None
+    update = background.update if background is not None else full.update
     pos = 0
     try:
         while pos < size:
@@ -267,12 +286,7 @@ def _hash_fd(fd: int, size: int, *, keep: bool = False, parallel: bool = False,
             block = _pread_full(fd, n, pos)
             if len(block) != n:
                 raise OSError(errno.ENODATA, "file shrank while it was verified")
-            if pending is not None:
-                pending.result()
-            if parallel and _full_hasher is not None:
-                pending = _full_hasher.submit(full.update, block)
-            else:
-                full.update(block)
+            update(block)
             if table:
                 mv = memoryview(block)
                 for i in range(0, n, CHUNK_SIZE):
@@ -281,8 +295,8 @@ def _hash_fd(fd: int, size: int, *, keep: bool = False, parallel: bool = False,
                 blocks.append(block)
             pos += n
     finally:
-        if pending is not None:
-            pending.result()
+        if background is not None:
+            background.finish()
     return full.hexdigest(), bytes(chunks), blocks
 
 
@@ -454,77 +468,100 @@ class Kind(enum.Enum):
     PLACEHOLDER = "placeholder"  # /dev/null etc. before the launcher binds the device
 
 
-@dataclass(eq=False, slots=True)
+# The records below are plain __slots__ classes, not dataclasses: creating a dataclass
+# costs ~0.7 ms at import, and start-up time is what users of `geode run` feel.
+
+
 class Node:
-    ino: int
-    kind: Kind
-    vpath: str
-    key: tuple[Any, ...]
-    mount: Mount | None = None  # host-backed if set
-    rel: str = ""
-    host: str = ""
-    policy: Policy = Policy.ALLOWED
-    sha: str | None = None
-    follow: bool = False
-    timeout: float = STABLE_TIMEOUT
-    permanent: bool = False
-    lookups: int = 0
-    parent: int = fuse.ROOT_INODE
-    role: str | None = None  # "attestation" or "keys" for those pseudo directories
-    target: str | None = None  # virtual symlink target
-    pseudo: PseudoFile | None = None
+    """An entry of the view as the kernel knows it (by ``ino``)."""
+
+    __slots__ = ("ino", "kind", "vpath", "key", "mount", "rel", "host", "policy", "sha",
+                 "follow", "timeout", "permanent", "lookups", "parent", "role", "target",
+                 "pseudo", "chunks", "vstat", "lock", "unsized", "handles", "listing",
+                 "listing_expiry")
+
+    mount: Mount | None  # host-backed if set
+    role: str | None  # "attestation" or "keys" for those pseudo directories
+    target: str | None  # virtual symlink target
     #: trusted: per-chunk hash table (built at verification, or for a file pushed into the
     #: page cache, at the first read that reaches the view)
-    chunks: bytes | None = None
+    chunks: bytes | None
     #: trusted: attributes frozen at verification (set once it succeeded)
-    vstat: os.stat_result | None = None
-    lock: threading.Lock | None = None
+    vstat: os.stat_result | None
+    lock: threading.Lock | None
     #: encrypted: the kernel was given this inode while its size was unknown (no key yet)
-    unsized: bool = False
-    handles: set[int] = field(default_factory=set)
-    listing: list[tuple[str, Any]] | None = None
-    listing_expiry: float = 0.0
+    unsized: bool
+    handles: set[int]
+    listing: list[tuple[str, Any]] | None
+
+    def __init__(self, ino: int, kind: Kind, vpath: str, key: tuple[Any, ...], *,
+                 mount: Mount | None = None, rel: str = "", host: str = "",
+                 policy: Policy = Policy.ALLOWED, sha: str | None = None, follow: bool = False,
+                 timeout: float = STABLE_TIMEOUT, permanent: bool = False,
+                 parent: int = fuse.ROOT_INODE, role: str | None = None,
+                 target: str | None = None, pseudo: PseudoFile | None = None) -> None:
+        self.ino, self.kind, self.vpath, self.key = ino, kind, vpath, key
+        self.mount, self.rel, self.host = mount, rel, host
+        self.policy, self.sha, self.follow = policy, sha, follow
+        self.timeout, self.permanent, self.lookups, self.parent = timeout, permanent, 0, parent
+        self.role, self.target, self.pseudo = role, target, pseudo
+        self.chunks = self.vstat = self.lock = None
+        self.unsized = False
+        self.handles = set()
+        self.listing, self.listing_expiry = None, 0.0
+
+    def __repr__(self) -> str:
+        return f"Node({self.ino}, {self.kind.name}, {self.vpath!r})"
 
 
-@dataclass(eq=False, slots=True)
 class _Prefetch:
     """A trusted file hashed ahead of its first open (see ViewFS.prefetch)."""
 
-    st: os.stat_result
-    done: threading.Event = field(default_factory=threading.Event)
-    digest: str = ""
-    blocks: list[bytes] | None = None
+    __slots__ = ("st", "done", "digest", "blocks")
+
+    def __init__(self, st: os.stat_result) -> None:
+        self.st = st
+        self.done = threading.Event()
+        self.digest = ""
+        self.blocks: list[bytes] | None = None
 
 
-@dataclass(eq=False, slots=True)
 class _Handle:
-    node: Node
-    fd: int = -1
-    writable: bool = False
-    trusted: bool = False
-    pseudo: PseudoHandle | None = None
-    enc: encfs.EncFile | None = None
+    """An open file of the view (the FUSE file handle's state)."""
+
+    __slots__ = ("node", "fd", "writable", "trusted", "pseudo", "enc")
+
+    def __init__(self, node: Node, *, fd: int = -1, writable: bool = False,
+                 trusted: bool = False, pseudo: PseudoHandle | None = None,
+                 enc: encfs.EncFile | None = None) -> None:
+        self.node, self.fd, self.writable, self.trusted = node, fd, writable, trusted
+        self.pseudo, self.enc = pseudo, enc
 
 
-@dataclass(frozen=True, slots=True)
-class _VEntry:
+class _VEntry(NamedTuple):
     kind: str  # mount | dir | opaque | placeholder | link | attestation
     mount: Mount | None = None
     target: str | None = None
 
 
-@dataclass(slots=True)
 class _Root:
-    fd: int
-    is_dir: bool
-    host: str
+    """A mount's host directory (or file), opened O_PATH."""
+
+    __slots__ = ("fd", "is_dir", "host")
+
+    def __init__(self, fd: int, is_dir: bool, host: str) -> None:
+        self.fd, self.is_dir, self.host = fd, is_dir, host
 
 
-@dataclass(slots=True)
 class _Dir:
-    node: Node
-    #: listed at the first READDIR (a directory is often opened only to be fsync'ed)
-    entries: list[tuple[str, Any]] | None = None
+    """An open directory; listed at the first READDIR (a directory is often opened only to
+    be fsync'ed)."""
+
+    __slots__ = ("node", "entries")
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.entries: list[tuple[str, Any]] | None = None
 
 
 def _join_rel(rel: str, name: str) -> str:
@@ -614,7 +651,8 @@ class ViewFS(fuse.Operations):
         att_type = tee.attestation_type if tee is not None else "none"
         self.keys: dict[str, bytes] = _insecure_keys(manifest)
         self.attestation = AttestationDir(att_type, self.keys)
-        if tee is not None:  # the backend's files: geode.runtime.attestation
+        if tee is not None and (tee.local_attestation or tee.has_quote):
+            # the backend's files: geode.runtime.attestation
             from geode.runtime.attestation import add_files
 
             add_files(self.attestation, tee)
@@ -2399,6 +2437,7 @@ def _serve_own_connection(fs: ViewFS, target: str, path: str, options: str, sour
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
     import json
     import signal
     import tomllib
