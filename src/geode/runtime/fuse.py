@@ -321,6 +321,11 @@ class Session:
     serve subtrees of one file system (each mounted at the subtree's place), sharing its
     inode numbers. They must then share ``lock``, the lock every handler runs under.
 
+    ``time_gran``: the granularity of the times the kernel sets itself (write-back cache), in
+    ns. With 1 s the kernel dirties an inode's times at most once a second, instead of at
+    every write, and so sends the SETATTR that flushes them at most once a second rather
+    than at every fsync and close.
+
     ``busy_poll_us``: after each reply a reader keeps polling the device for that long
     before it sleeps. A request that follows its predecessor's reply closely (a program
     doing small synchronous I/O) is then picked up without waking a sleeping CPU, at the
@@ -330,7 +335,7 @@ class Session:
     def __init__(self, fd: int, ops: Operations, *, max_write: int = 1 << 20,
                  writeback_cache: bool = False, max_readahead: int = 1 << 20,
                  root: int = ROOT_INODE, lock: threading.Lock | None = None,
-                 busy_poll_us: int = 0) -> None:
+                 busy_poll_us: int = 0, time_gran: int = 1) -> None:
         self.fd = fd
         self.ops = ops
         self.max_write = max_write
@@ -338,6 +343,7 @@ class Session:
         self.max_readahead = max_readahead
         self.root = root
         self.busy_poll_ns = busy_poll_us * 1000
+        self.time_gran = time_gran
         self.lock = lock if lock is not None else threading.Lock()
         self.proto_minor = 0
         #: negotiated init flags (flags | flags2 << 32)
@@ -531,7 +537,8 @@ class Session:
         # The kernel keeps the smaller of the connection's current readahead and this value,
         # so answering with our own maximum keeps a window raised before the handshake.
         out = _INIT_OUT.pack(KERNEL_MAJOR, self.proto_minor, self.max_readahead,
-                             self.flags, 16, 12, self.max_write, 1, max_pages, 0, 0)
+                             self.flags, 16, 12, self.max_write, self.time_gran, max_pages,
+                             0, 0)
         self.ops.init(self)
         self._initialized = True
         self._reply(unique, out)

@@ -159,6 +159,9 @@ DEV_LINKS = {
 #: busy-polling of the encrypted mounts' own connections after each reply, in µs (see
 #: fuse.Session; docs/performance.md has the measurements)
 OWN_CONNECTION_POLL_US = 100
+#: times of encrypted files kept by the kernel in whole seconds (see fuse.Session): a
+#: database syncing every transaction then costs no time-flushing SETATTR per fsync
+OWN_CONNECTION_TIME_GRAN = 1_000_000_000
 MOUNT_OPTIONS = (
     "fsname=geode",
     "subtype=geode",
@@ -1182,6 +1185,13 @@ class ViewFS(fuse.Operations):
         mtime = self.enc.open_mtime(node.mount, st)
         if mtime is not None:
             a.st_mtime_ns = mtime
+        if node.mount.index in self._writeback:
+            # Whole seconds, the granularity the kernel keeps these files' times in on that
+            # connection (OWN_CONNECTION_TIME_GRAN): writes within the second a file was
+            # created or last changed then leave its times clean (no SETATTR to flush them).
+            a.st_atime_ns -= a.st_atime_ns % 1_000_000_000
+            a.st_mtime_ns -= a.st_mtime_ns % 1_000_000_000
+            a.st_ctime_ns -= a.st_ctime_ns % 1_000_000_000
 
     def _attr(self, node: Node, st: os.stat_result | None = None) -> fuse.EntryAttributes:
         a = fuse.EntryAttributes()
@@ -2331,7 +2341,8 @@ def serve_fd(fs: ViewFS, fd: int, path: str = "/", *, threads: int = 4) -> None:
     """
     own = path != "/"
     session = fuse.Session(fd, fs, root=fs.connection_root(path), writeback_cache=own,
-                           lock=fs.lock, busy_poll_us=OWN_CONNECTION_POLL_US if own else 0)
+                           lock=fs.lock, busy_poll_us=OWN_CONNECTION_POLL_US if own else 0,
+                           time_gran=OWN_CONNECTION_TIME_GRAN if own else 1)
     with fs.lock:
         fs._serving += 1
     try:
