@@ -691,7 +691,7 @@ class ViewFS(fuse.Operations):
             and not any(o is not m and o.path.startswith(m.path + "/") for o in self._visible))
         #: indexes of the mounts being served with write-back caching
         self._writeback: set[int] = set()
-        self._serving = 0
+        self._serving = 0  # connections serving the view (see serving())
         #: trusted files being or having been hashed ahead of their first open, by host inode
         self._prefetched: dict[tuple[int, int], _Prefetch] = {}
         self._make_root()
@@ -731,6 +731,21 @@ class ViewFS(fuse.Operations):
         if session is None:
             raise OSError(errno.ENOSYS, "not served")
         session.notify_store(ino, offset, data)
+
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[None]:
+        """Count a connection serving this view for the body; the last one to end writes
+        back and closes the view's files."""
+        with self.lock:
+            self._serving += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self._serving -= 1
+                last = self._serving == 0
+            if last:
+                self.close()
 
     def connection_root(self, path: str) -> int:
         """The inode a FUSE connection serving the view at ``path`` has as its root: the
@@ -2343,16 +2358,8 @@ def serve_fd(fs: ViewFS, fd: int, path: str = "/", *, threads: int = 4) -> None:
     session = fuse.Session(fd, fs, root=fs.connection_root(path), writeback_cache=own,
                            lock=fs.lock, busy_poll_us=OWN_CONNECTION_POLL_US if own else 0,
                            time_gran=OWN_CONNECTION_TIME_GRAN if own else 1)
-    with fs.lock:
-        fs._serving += 1
-    try:
+    with fs.serving():
         session.serve(threads)
-    finally:
-        with fs.lock:
-            fs._serving -= 1
-            last = fs._serving == 0
-        if last:
-            fs.close()
 
 
 def serve(fs: ViewFS, mountpoint: Path, *,
