@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from geodetest import StartView, View, is_mounted, view_served_in_thread
 
+from geode.errors import GeodeError
 from geode.formats.pf import PfError, decrypt_bytes, encrypt_bytes
 from geode.formats.pf import layout as L
 
@@ -354,6 +355,30 @@ def test_encrypted_mount_is_served_on_its_own_write_back_connection(start_view: 
     stats = view.stop()
     assert 0 < stats["write"] < 150, stats  # 2000 write() calls merged by the kernel
     assert stats["fsync"] == 51 and stats.get("setattr", 0) <= 10, stats
+
+
+def test_which_encrypted_mounts_get_a_connection_of_their_own(base: Path) -> None:
+    """Only an encrypted mount of a host directory with no other mount below it: the others
+    stay on the root connection (a file cannot be a FUSE root here, and a nested mount would
+    be served with write-back caching it must not have)."""
+    from geode.runtime.plan import ViewPlan
+    from geode.runtime.viewfs import ViewFS
+
+    for d in ("own", "outer", "inner"):
+        (base / d).mkdir()
+    (base / "single").write_bytes(encrypt_bytes(b"x", key=KEY, path="single"))
+    m = manifest(enc("/own", "file:own"), enc("/outer", "file:outer"),
+                 {"path": "/outer/inner", "uri": "file:inner"},
+                 enc("/single", "file:single"), enc("/missing", "file:missing"))
+    fs = ViewFS(ViewPlan.from_manifest(m, base_dir=base), m)
+    try:
+        assert [mount.path for mount in fs.own_connections] == ["/own"]
+        assert fs.connection_root("/") == 1
+        assert fs.connection_root("/own") != 1
+        with pytest.raises(GeodeError):
+            fs.connection_root("/outer")
+    finally:
+        fs.close()
 
 
 def test_wrong_key_is_eacces_and_names_the_file(start_view: StartView, base: Path) -> None:
