@@ -617,8 +617,21 @@ def fuse_for_everyone() -> Iterator[None]:
         os.chmod("/dev/fuse", mode)
 
 
+def _preload_run_path() -> None:
+    """Import, as root, what run() imports lazily: this test's Python may live where the
+    ordinary user cannot read it (e.g. under /root), as a real user's Python would not."""
+    import geode.formats.pf  # noqa: F401  (encrypted mounts)
+    import geode.manifest.build  # noqa: F401
+    import geode.measurement  # noqa: F401
+    import geode.runtime.encfs  # noqa: F401
+    import geode.runtime.provision  # noqa: F401
+    import geode.runtime.viewfs  # noqa: F401
+    import geode.tee  # noqa: F401
+
+
 def run_as(uid: int, m: dict[str, Any], app_dir: Path) -> dict[str, Any]:
     """Fork, become ``uid`` for good (no capabilities left) and call run() there."""
+    _preload_run_path()
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -674,9 +687,32 @@ def test_ordinary_user(app_dir: Path, fuse_for_everyone: None,
 
 
 @unprivileged
+def test_ordinary_user_encrypted_mount(app_dir: Path, fuse_for_everyone: None,
+                                       capfd: pytest.CaptureFixture[str]) -> None:
+    """An ordinary user's sandbox also gets the encrypted mount's own FUSE connection (a
+    second FUSE mount inside the user namespace), with write-back caching."""
+    from geode.formats.pf import decrypt_bytes
+
+    enc = app_dir / "enc"
+    enc.mkdir()
+    os.chown(enc, OVERFLOW_ID, OVERFLOW_ID)
+    key = bytes(range(16))
+    m = sh("awk '$5 == \"/enc\"' /proc/self/mountinfo | grep -c ' - fuse.geode '; "
+           "for i in 1 2 3 4 5; do echo line $i >> /enc/f; done; sync; cat /enc/f | wc -l",
+           fs={"mounts": base_manifest(["/bin/true"])["fs"]["mounts"]
+               + [{"type": "encrypted", "path": "/enc", "uri": "file:enc"}],
+               "insecure__keys": {"default": key.hex()}})
+    assert run_as(OVERFLOW_ID, m, app_dir) == {"rc": 0}
+    assert capfd.readouterr().out.split() == ["1", "5"]
+    data = decrypt_bytes((enc / "f").read_bytes(), key=key, path="enc/f")
+    assert data == b"".join(b"line %d\n" % i for i in range(1, 6))
+
+
+@unprivileged
 def test_ordinary_user_killed_supervisor_leaves_nothing(app_dir: Path,
                                                         fuse_for_everyone: None) -> None:
     token = str(600000 + os.getpid() % 90000)
+    _preload_run_path()
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the supervisor, as an ordinary user, with its stdout on the pipe
