@@ -1514,24 +1514,30 @@ class ViewFS(fuse.Operations):
     # ------------------------------------------------------------------ open / read / write
 
     def _open_host(self, node: Node, flags: int, mode: int = 0) -> int:
-        """Open the host file of a FILE node; refuses anything but a regular file.
+        """Open the host file of a FILE node; refuses anything but a regular file."""
+        assert node.mount is not None
+        return self._open_host_at(node.mount, node.rel, flags, follow=node.follow, mode=mode)
+
+    def _open_host_at(self, mount: Mount, rel: str, flags: int, *, follow: bool = False,
+                      mode: int = 0) -> int:
+        """Open ``rel`` of ``mount`` on the host, confined to it; refuses anything but a
+        regular file.
 
         O_NONBLOCK (meaningless for regular files) keeps a FIFO swapped in by the host
         from blocking the file system.
         """
-        assert node.mount is not None
-        root = self._roots[node.mount.index]
+        root = self._roots[mount.index]
         flags |= os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
         if not root.is_dir:
             fd = os.open(root.host, flags)
-        elif node.follow:
-            pfd = self._parent_fd(node.mount, node.rel)
+        elif follow:
+            pfd = self._parent_fd(mount, rel)
             try:
-                fd = os.open(posixpath.basename(node.rel), flags, dir_fd=pfd)
+                fd = os.open(posixpath.basename(rel), flags, dir_fd=pfd)
             finally:
                 os.close(pfd)
         else:
-            fd = openat2(root.fd, node.rel, flags | os.O_NOFOLLOW, mode)
+            fd = openat2(root.fd, rel, flags | os.O_NOFOLLOW, mode)
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise _fail(errno.EACCES)
@@ -1565,13 +1571,12 @@ class ViewFS(fuse.Operations):
         policy, sha = self.classify(host)
         if policy is not Policy.TRUSTED:
             return
-        flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK | os.O_NOFOLLOW
         try:
-            fd = openat2(root.fd, rel, flags) if root.is_dir else os.open(root.host, flags)
-        except OSError:
+            fd = self._open_host_at(mount, rel, os.O_RDONLY)
+        except (OSError, fuse.FUSEError):
             return
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > STORE_MAX:
+        if st.st_size > STORE_MAX:
             os.close(fd)
             return
         job = _Prefetch(st)
@@ -1580,7 +1585,6 @@ class ViewFS(fuse.Operations):
 
         def run() -> None:
             try:
-                os.set_blocking(fd, True)
                 job.digest, _, job.blocks = _hash_fd(fd, st.st_size, keep=True, table=False,
                                                      parallel=st.st_size >= PARALLEL_HASH_MIN)
             except OSError:
@@ -2235,9 +2239,9 @@ class ViewFS(fuse.Operations):
         return None
 
     def _truncate_encrypted(self, node: Node, fh: int | None, size: int) -> None:
-        h = self._handles.get(fh) if fh is not None else None
-        if h is not None and h.enc is not None:
-            self.enc.truncate(h.enc, size)
+        ef = self._open_enc(node, fh)
+        if ef is not None:
+            self.enc.truncate(ef, size)
             return
         assert node.mount is not None
         ef, _ = self.enc.acquire(node.mount, node.rel, node.vpath, expect=self._enc_ident(node))
