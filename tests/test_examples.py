@@ -85,3 +85,22 @@ def test_tampered_or_unsigned_manifest_is_refused(
     proc = run(["gramine-sgx", "helloworld"], geode_env, cwd=workdir, check=False)
     assert proc.returncode != 0 and "Hello" not in proc.stdout
     assert "SGX" in proc.stderr and "--tee" in proc.stderr
+
+
+def test_log_file_and_exit_status_reach_the_host(tmp_path: Path,
+                                                 geode_env: dict[str, str]) -> None:
+    """``gramine-direct`` ends without Python's finalization (cli.common.exit_now): what the
+    supervisor logged to ``loader.log_file`` is on disk and the program's status is the
+    command's."""
+    workdir = copy_example("bash", tmp_path)
+    template = workdir / "bash.manifest.template"
+    template.write_text(template.read_text() + 'loader.log_file = "geode.log"\n')
+    run(["make", "SGX=1", "GRAMINE_LOG_LEVEL=warning"], geode_env, cwd=workdir)
+    (workdir / "scripts" / "unlisted.sh").write_text("echo unlisted\n")  # after signing
+    proc = run(["gramine-direct", "bash", "-c", "cat /scripts/unlisted.sh; echo done; exit 7"],
+               geode_env, cwd=workdir, check=False)
+    assert proc.returncode == 7, proc.stderr
+    assert proc.stdout == "done\n"
+    log = (workdir / "geode.log").read_text()
+    assert "refusing to open /scripts/unlisted.sh" in log
+    assert "refusing" not in proc.stderr  # the log went to the file only

@@ -100,3 +100,21 @@ def test_loading_a_manifest_imports_little(
     unwanted = [m for m in loaded
                 if any(m == name or m.startswith(name + ".") for name in names)]
     assert unwanted == []
+
+
+def test_a_run_loads_no_attestation_code_without_attestation_files(
+    tmp_path: Path, geode_env: dict[str, str]
+) -> None:
+    """The "none" backend's /dev/attestation has only attestation_type: the supervisor does
+    not load the per-process attestation machinery (nor the SGX structures it imports)."""
+    (tmp_path / "app").write_bytes(b"#!/bin/sh\necho app\n")
+    (tmp_path / "app").chmod(0o755)
+    # (the app cannot start: /bin/sh is not in its view; the supervisor has run by then)
+    (tmp_path / "app.manifest.template").write_text(TEMPLATE)
+    run(["gramine-manifest", "app.manifest.template", "app.manifest"], geode_env, cwd=tmp_path)
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "geode.cli.main", "run",
+                           "app"], env=geode_env, cwd=tmp_path, capture_output=True, text=True)
+    imported = [line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()
+                if line.startswith("import time:")]
+    assert "geode.runtime.supervisor" in imported, proc.stderr[-2000:]
+    assert [m for m in imported if m in NOT_IN_A_PLAIN_VIEW] == []

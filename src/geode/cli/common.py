@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, NoReturn
 
 from geode.errors import GeodeError
 
@@ -56,6 +58,22 @@ def invoke(prog: str, handler: Handler, args: argparse.Namespace) -> int:
         return 130
     except BrokenPipeError:
         return 141
+
+
+def exit_now(status: int) -> NoReturn:
+    """End a command that ran a program: flush what Python buffers, then leave without the
+    interpreter's finalization.
+
+    After a run, finalization only frees memory (the manifest's tables, ~10,000 trusted
+    files for Python) and took 20-30 ms of every ``gramine-direct`` start-to-exit. Nothing of
+    the run is left to it: the program has been waited for, the view unmounted and its files
+    written back, and Geode registers no atexit handlers.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing to say
+            stream.flush()
+    os._exit(status)
 
 
 def run_single(prog: str, command: Command, argv: Sequence[str] | None = None) -> int:

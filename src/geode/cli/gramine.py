@@ -6,7 +6,9 @@ its start-up time should not pay for the manifest, signing and serializer comman
 
 from __future__ import annotations
 
-from geode.cli.common import run_single
+from typing import NoReturn
+
+from geode.cli.common import exit_now, run_single
 
 
 def manifest() -> int:
@@ -45,10 +47,10 @@ def argv_serializer() -> int:
     return run_single("gramine-argv-serializer", _argv.COMMAND)
 
 
-def direct() -> int:
+def direct() -> NoReturn:
     from geode.cli import run as _run
 
-    return run_single("gramine-direct", _run.DIRECT)
+    exit_now(run_single("gramine-direct", _run.DIRECT))
 
 
 def sgx() -> int:

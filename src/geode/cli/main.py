@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from geode import __version__
-from geode.cli.common import Command, invoke
+from geode.cli.common import Command, exit_now, invoke
 
 #: The subcommands in ``geode --help`` order: (name, module in geode.cli, attribute). Only the
 #: module of the command being run is imported, so that ``geode run`` does not load, say,
@@ -65,11 +65,15 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(format="geode: %(message)s", level=logging.WARNING)
+    argv_from_process = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     names = {name for name, _, _ in _COMMAND_SOURCES}
     only = argv[0] if argv and argv[0] in names else None
     args = build_parser(only).parse_args(argv)
-    return invoke("geode", args._handler, args)
+    status = invoke("geode", args._handler, args)
+    if only == "run" and argv_from_process:  # the `geode` command itself, not a caller
+        exit_now(status)
+    return status
 
 
 if __name__ == "__main__":

@@ -325,6 +325,7 @@ def add_files(attestation: AttestationDir, tee: TeeBackend,
     """Register the pseudo-files ``tee`` supports in ``attestation``; returns their state."""
     table = table if table is not None else ProcessTable()
     files = attestation.files
+    attestation.per_process = True
     if tee.local_attestation or tee.has_quote:
         files["user_report_data"] = ValueFile(table, "user_report_data", REPORT_DATA_SIZE)
     if tee.local_attestation:

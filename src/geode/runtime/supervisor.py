@@ -193,7 +193,7 @@ def supervise(cfg: SandboxConfig, *, fs: Any, serve: Serve,
         assert sandbox.ctl is not None and sandbox.pidfd is not None
 
         assert sandbox.init_pid is not None
-        if getattr(getattr(fs, "attestation", None), "files", None):
+        if getattr(getattr(fs, "attestation", None), "per_process", False):
             # the attestation files' per-process state: FUSE requests carry pids of the
             # sandbox's pid namespace
             from geode.runtime.attestation import bind_sandbox

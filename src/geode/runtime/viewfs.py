@@ -422,6 +422,9 @@ class AttestationDir:
         self.files: dict[str, PseudoFile] = {
             "attestation_type": StaticPseudoFile(attestation_type.encode()),
         }
+        #: some file keeps state per calling process (the TEE backend's files): the
+        #: supervisor must tell geode.runtime.attestation the sandbox's pid namespace
+        self.per_process = False
 
     def key_file(self, name: str) -> KeyFile:
         return KeyFile(self.keys, name)
