@@ -363,8 +363,8 @@ class Recorder(fuse.Operations):
         self.calls.append(("opendir", (ino, ctx)))
         return 99
 
-    def readdir(self, fh: int, start_id: int, token: fuse.ReaddirToken) -> None:
-        self.calls.append(("readdir", (fh, start_id)))
+    def readdir(self, ino: int, fh: int, start_id: int, token: fuse.ReaddirToken) -> None:
+        self.calls.append(("readdir", (ino, fh, start_id)))
         self.readdir_results = []
         for i, (name, attr) in enumerate(self.dir_entries[start_id:], start_id + 1):
             ok = fuse.readdir_reply(token, name, attr, i)
@@ -573,6 +573,8 @@ class Minimal(fuse.Operations):
 
 @pytest.mark.parametrize("opcode", [OP_LOOKUP, OP_READ, OP_WRITE, OP_OPEN, OP_MKDIR,
                                     OP_READDIRPLUS, OP_RENAME2, OP_SETATTR,
+                                    # without opendir: the kernel opens directories itself
+                                    OP_OPENDIR, OP_RELEASEDIR,
                                     # opcodes the module never serves
                                     OP_READDIR, OP_FLUSH, OP_GETXATTR, OP_SETXATTR,
                                     OP_FALLOCATE, OP_LSEEK, 17000])
@@ -826,7 +828,7 @@ def dir_entries(n: int) -> list[tuple[bytes, fuse.EntryAttributes]]:
 def test_readdirplus_packing(h: Harness) -> None:
     h.ops.dir_entries = dir_entries(9)
     payload = h.ok(OP_READDIRPLUS, readdir_in(99, 0, 1 << 16), nodeid=1)
-    assert h.ops.last("readdir") == (99, 0)
+    assert h.ops.last("readdir") == (1, 99, 0)
     got = parse_direntplus(payload)
     assert len(got) == 9
     for i, (d, (name, attr)) in enumerate(zip(got, h.ops.dir_entries, strict=True)):
@@ -839,8 +841,8 @@ def test_readdirplus_packing(h: Harness) -> None:
 
 def test_readdirplus_resumes_at_the_offset(h: Harness) -> None:
     h.ops.dir_entries = dir_entries(9)
-    payload = h.ok(OP_READDIRPLUS, readdir_in(99, 6, 1 << 16))
-    assert h.ops.last("readdir") == (99, 6)
+    payload = h.ok(OP_READDIRPLUS, readdir_in(99, 6, 1 << 16), nodeid=7)
+    assert h.ops.last("readdir") == (7, 99, 6)
     assert [d.off for d in parse_direntplus(payload)] == [7, 8, 9]
 
 

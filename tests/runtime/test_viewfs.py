@@ -25,6 +25,8 @@ from typing import Any
 
 import pytest
 from geodetest import StartView, is_mounted, view_served_in_thread
+from hypothesis import given
+from hypothesis import strategies as st
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None,
@@ -290,6 +292,52 @@ def test_untrusted_files_strict_and_allow_all_but_log(start_view: StartView, tre
     text = lax.log_text()
     assert "WARNING" in text
     assert "/untrusted.txt" in text and "/new.txt" in text
+
+
+def test_a_listing_resumes_by_name_while_entries_are_removed(start_view: StartView,
+                                                             tmp_path: Path) -> None:
+    """Directories open without a message, so a listing has no per-open snapshot: it
+    resumes after the cookie of the last name it returned. Removing each entry while the
+    listing runs (what rmtree-style loops do) skips and repeats nothing, over many chunks."""
+    root = tmp_path / "root"
+    (root / "data").mkdir(parents=True)
+    names = {f"entry-with-a-longish-name-{i:05d}" for i in range(3000)}
+    for name in names:
+        (root / "data" / name).write_bytes(b"")
+    manifest = {"fs": {"root": {"uri": f"file:{root}"}},
+                "sgx": {"allowed_files": [f"file:{root}/data/"]}}
+    view = start_view(manifest)
+    seen: list[str] = []
+    with os.scandir(view.mnt / "data") as it:
+        for entry in it:
+            seen.append(entry.name)
+            os.unlink(entry.path)
+    assert sorted(seen) == sorted(names)  # each exactly once
+    assert os.listdir(root / "data") == []
+    assert os.listdir(view.mnt / "data") == []
+    # a name the host adds shows up once the directory's timeout (1 s) has passed
+    (root / "data" / "late").write_bytes(b"")
+    time.sleep(1.2)
+    assert os.listdir(view.mnt / "data") == ["late"]
+
+
+def test_directories_open_without_a_request(start_view: StartView, tmp_path: Path) -> None:
+    """OPENDIR is answered ENOSYS once; after that the kernel sends no OPENDIR/RELEASEDIR and
+    lists an unchanged directory again from its cache."""
+    root = tmp_path / "root"
+    (root / "lib").mkdir(parents=True)
+    for i in range(50):
+        (root / "lib" / f"f{i}").write_bytes(b"x")
+    manifest = {"fs": {"root": {"uri": f"file:{root}"}},
+                "sgx": {"trusted_files": [
+                    {"uri": f"file:{root}/lib/f{i}", "sha256": hashlib.sha256(b"x").hexdigest()}
+                    for i in range(50)]}}
+    view = start_view(manifest)
+    for _ in range(20):
+        assert sorted(os.listdir(view.mnt / "lib")) == sorted(f"f{i}" for i in range(50))
+    stats = view.stop()
+    assert "opendir" not in stats and "releasedir" not in stats
+    assert stats["readdir"] <= 3  # the first listing only (a chunk or two, then the end)
 
 
 def test_allowed_files_are_read_write_passthrough(start_view: StartView, tmp_path: Path
@@ -783,3 +831,22 @@ def test_serve_refuses_a_missing_mountpoint(tmp_path: Path) -> None:
     with pytest.raises(GeodeError, match="not a directory"):
         serve(fs, tmp_path / "nope")
     fs.close()
+
+
+@given(st.lists(st.text(min_size=1, max_size=12), unique=True, max_size=60),
+       st.lists(st.text(min_size=1, max_size=12), unique=True, max_size=20))
+def test_listing_cookies_order_and_stability(names: list[str], more: list[str]) -> None:
+    """Cookies ascend from 3, one per entry, and a name keeps its cookie when other names
+    come and go (barring a 30-bit hash collision, which the sort resolves by bumping)."""
+    from geode.runtime.viewfs import _Listing
+
+    listing = _Listing([(n, "host") for n in names])
+    assert sorted(n for n, _ in listing.entries) == sorted(names)
+    assert all(3 <= a < b for a, b in zip(listing.cookies, listing.cookies[1:], strict=False))
+    assert not listing.cookies or listing.cookies[0] >= 3
+    cookie = dict(zip((n for n, _ in listing.entries), listing.cookies, strict=True))
+    grown = _Listing([(n, "host") for n in dict.fromkeys(names + more)])
+    hashes = [3 + (hash(n) & 0x3FFF_FFFF) for n in dict.fromkeys(names + more)]
+    if len(set(hashes)) == len(hashes):  # no collision: every old name keeps its cookie
+        for n, c in zip((n for n, _ in grown.entries), grown.cookies, strict=True):
+            assert cookie.get(n, c) == c

@@ -26,7 +26,11 @@ Invariants
 * **Request bytes are borrowed.** Each reader reuses one buffer, so the data a ``write``
   handler gets (a memoryview) is valid only until it returns: copy what must outlive it.
 * **Readdir is always READDIRPLUS.** Each entry the handler adds with :func:`readdir_reply`
-  except ``.`` and ``..`` counts as a lookup of its inode (the kernel's rule).
+  except ``.`` and ``..`` counts as a lookup of its inode (the kernel's rule). The handler
+  gets the directory's inode as well as the handle: operations without ``opendir`` are
+  answered ENOSYS at the first OPENDIR, after which the kernel opens directories without a
+  message (no OPENDIR, no RELEASEDIR, handle 0) and keeps their listings in its page cache
+  until the directory changes (its mtime, or a change made through the mount).
 * A reply the kernel no longer waits for (the request was interrupted, or the connection is
   being torn down) is dropped silently (ENOENT from the write); ENODEV on read ends the loop.
 """
@@ -716,7 +720,7 @@ class Session:
                      body: memoryview) -> None:
         fh, offset, size, *_ = _READ_IN.unpack_from(body)
         token = ReaddirToken(size)
-        self.ops.readdir(fh, offset, token)  # type: ignore[attr-defined]
+        self.ops.readdir(nodeid, fh, offset, token)  # type: ignore[attr-defined]
         self._reply(unique, b"".join(token.parts))
 
     def _releasedir(self, unique: int, nodeid: int, ctx: RequestContext,

@@ -94,6 +94,7 @@ What the program sees
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import ctypes
 import enum
@@ -498,7 +499,7 @@ class Node:
     #: encrypted: the kernel was given this inode while its size was unknown (no key yet)
     unsized: bool
     handles: set[int]
-    listing: list[tuple[str, Any]] | None
+    listing: _Listing | None
 
     def __init__(self, ino: int, kind: Kind, vpath: str, key: tuple[Any, ...], *,
                  mount: Mount | None = None, rel: str = "", host: str = "",
@@ -559,15 +560,29 @@ class _Root:
         self.fd, self.is_dir, self.host = fd, is_dir, host
 
 
-class _Dir:
-    """An open directory; listed at the first READDIR (a directory is often opened only to
-    be fsync'ed)."""
+class _Listing:
+    """A directory's entries in readdir order: ascending cookies, one per entry.
 
-    __slots__ = ("node", "entries")
+    A cookie is the offset a listing resumes after (the kernel sends it back with the next
+    READDIRPLUS), derived from the name alone: entries added or removed between two chunks
+    of a listing shift no other entry, so every entry that stays is listed exactly once
+    (POSIX), even though a listing has no per-open state. Cookies are a 30-bit hash of the
+    name (this process's ``hash``), after 1 and 2 (``.`` and ``..``) and small enough for
+    32-bit ``getdents``; a colliding name takes the next free value.
+    """
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        self.entries: list[tuple[str, Any]] | None = None
+    __slots__ = ("cookies", "entries")
+
+    def __init__(self, entries: list[tuple[str, Any]]) -> None:
+        ordered = sorted((3 + (hash(name) & 0x3FFF_FFFF), name, info)
+                         for name, info in entries)
+        self.cookies: list[int] = []
+        self.entries: list[tuple[str, Any]] = []
+        last = 2
+        for cookie, name, info in ordered:
+            last = cookie if cookie > last else last + 1
+            self.cookies.append(last)
+            self.entries.append((name, info))
 
 
 def _join_rel(rel: str, name: str) -> str:
@@ -681,7 +696,6 @@ class ViewFS(fuse.Operations):
         self._inos: dict[tuple[Any, ...], int] = {}
         self._next_ino = fuse.ROOT_INODE + 1
         self._handles: dict[int, _Handle] = {}
-        self._dirs: dict[int, _Dir] = {}
         self._next_fh = 1
         #: every connection serving this view handles requests under this lock
         self.lock = threading.Lock()
@@ -1409,8 +1423,9 @@ class ViewFS(fuse.Operations):
 
     # ------------------------------------------------------------------ directories
 
-    def _listing(self, node: Node) -> list[tuple[str, Any]]:
-        """Names in a directory: (name, _VEntry | "host" | "keys" | "att" | "key").
+    def _listing(self, node: Node) -> _Listing:
+        """Names in a directory: (name, _VEntry | "host" | "keys" | "att" | "key"), in
+        readdir order.
 
         Only names are cached (for the directory's timeout, dropped on changes made through
         the view): attributes are read fresh when entries are returned, because readdirplus
@@ -1424,7 +1439,7 @@ class ViewFS(fuse.Operations):
             entries.append(("keys", "keys"))
             entries.extend((name, "att") for name in self.attestation.files)
         elif node.role == "keys":
-            entries.extend((name, "key") for name in sorted(self.keys))
+            entries.extend((name, "key") for name in self.keys)
         else:
             virtual = self._vtree.get(node.vpath, {})
             entries.extend(virtual.items())
@@ -1438,24 +1453,14 @@ class ViewFS(fuse.Operations):
                                        and not (hide and e.name.endswith(hide)))
                 finally:
                     os.close(fd)
+        listing = _Listing(entries)
         if node.role is None:
-            node.listing = entries
+            node.listing = listing
             node.listing_expiry = now + node.timeout
-        return entries
+        return listing
 
-    @_op
-    def opendir(self, inode: fuse.InodeT, ctx: fuse.RequestContext) -> int:
-        node = self._get(inode)
-        if node.kind is not Kind.DIR:
-            raise _fail(errno.ENOTDIR)
-        fh = self._next_fh
-        self._next_fh += 1
-        self._dirs[fh] = _Dir(node=node)
-        return fh
-
-    def _materialize(self, d: _Dir, name: str, info: Any,
+    def _materialize(self, parent: Node, name: str, info: Any,
                      dirfd_cache: list[int]) -> tuple[Node, os.stat_result | None] | None:
-        parent = d.node
         if isinstance(info, _VEntry):
             return self._vnode(_join_view(parent.vpath, name), info, parent.ino)
         if info == "keys" or info == "att":
@@ -1472,14 +1477,15 @@ class ViewFS(fuse.Operations):
         return self._host_node(parent.mount, _join_rel(parent.rel, name),
                                _join_view(parent.vpath, name), st, parent.ino, dirfd)
 
+    # No opendir/releasedir: the kernel opens directories without a message (see
+    # geode.runtime.fuse), so a listing has no per-open state and resumes by cookie.
     @_op
-    def readdir(self, fh: int, start_id: int, token: fuse.ReaddirToken) -> None:
-        d = self._dirs.get(fh)
-        if d is None:
-            raise _fail(errno.EBADF)
-        node = d.node
-        if d.entries is None:
-            d.entries = self._listing(node)
+    def readdir(self, inode: fuse.InodeT, fh: int, start_id: int,
+                token: fuse.ReaddirToken) -> None:
+        node = self._get(inode)
+        if node.kind is not Kind.DIR:
+            raise _fail(errno.ENOTDIR)
+        listing = self._listing(node)
         if start_id == 0:
             if not fuse.readdir_reply(token, b".", self._attr(node), 1):
                 return
@@ -1488,13 +1494,13 @@ class ViewFS(fuse.Operations):
             parent = self._nodes.get(node.parent, node)
             if not fuse.readdir_reply(token, b"..", self._attr(parent), 2):
                 return
-            start_id = 2
+        cookies, entries = listing.cookies, listing.entries
         dirfd_cache: list[int] = []
         try:
-            for i in range(start_id - 2, len(d.entries)):
-                name, info = d.entries[i]
+            for i in range(bisect.bisect_right(cookies, start_id), len(entries)):
+                name, info = entries[i]
                 try:
-                    found = self._materialize(d, name, info, dirfd_cache)
+                    found = self._materialize(node, name, info, dirfd_cache)
                 except OSError:
                     continue
                 if found is None:
@@ -1503,16 +1509,12 @@ class ViewFS(fuse.Operations):
                     child, attr = self._entry_attr(*found)
                 except (OSError, fuse.FUSEError):
                     continue
-                if not fuse.readdir_reply(token, os.fsencode(name), attr, i + 3):
+                if not fuse.readdir_reply(token, os.fsencode(name), attr, cookies[i]):
                     break
                 child.lookups += 1
         finally:
             for fd in dirfd_cache:
                 os.close(fd)
-
-    @_op
-    def releasedir(self, fh: int) -> None:
-        self._dirs.pop(fh, None)
 
     # ------------------------------------------------------------------ open / read / write
 
