@@ -118,3 +118,15 @@ def test_a_run_loads_no_attestation_code_without_attestation_files(
                 if line.startswith("import time:")]
     assert "geode.runtime.supervisor" in imported, proc.stderr[-2000:]
     assert [m for m in imported if m in NOT_IN_A_PLAIN_VIEW] == []
+
+
+def test_gramine_direct_parses_without_argparse(geode_env: dict[str, str]) -> None:
+    """A plain ``gramine-direct APP ARGS`` never builds a parser, so argparse (and gettext)
+    are not imported for a start."""
+    code = ("import sys; from geode.cli import gramine, run; "
+            "args = run.DIRECT.quick_parse(['app', '-c', 'x']); "
+            "assert (args.app, args.args) == ('app', ['-c', 'x']); "
+            "print('argparse' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], env=geode_env, capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import NamedTuple, NoReturn
+from typing import TYPE_CHECKING, NamedTuple, NoReturn
 
 from geode.errors import GeodeError
 
-Handler = Callable[[argparse.Namespace], int]
+if TYPE_CHECKING:  # argparse itself only when a parser is built (~2 ms of each start)
+    import argparse
+
+Handler = Callable[["argparse.Namespace"], int]
 #: Parses the arguments without building the parser, or returns None to leave them to it.
-QuickParse = Callable[[Sequence[str]], argparse.Namespace | None]
+QuickParse = Callable[[Sequence[str]], "argparse.Namespace | None"]
 
 
 class Command(NamedTuple):
@@ -31,6 +33,8 @@ class Command(NamedTuple):
 
 def hex_arg(text: str) -> str:
     """argparse type: a hex string (optional 0x), returned lowercase without the prefix."""
+    import argparse
+
     value = text.strip().lower().removeprefix("0x")
     try:
         bytes.fromhex(value)
@@ -41,6 +45,8 @@ def hex_arg(text: str) -> str:
 
 def rtmr_arg(text: str) -> tuple[int, str]:
     """argparse type: ``N=HEX`` naming a TDX RTMR (N in 0..3)."""
+    import argparse
+
     index, sep, value = text.partition("=")
     if not sep or index not in ("0", "1", "2", "3"):
         raise argparse.ArgumentTypeError(f"{text!r}: expected N=HEX with N in 0..3")
@@ -83,6 +89,8 @@ def run_single(prog: str, command: Command, argv: Sequence[str] | None = None) -
     if command.quick_parse is not None:
         args = command.quick_parse(sys.argv[1:] if argv is None else argv)
     if args is None:
+        import argparse
+
         parser = argparse.ArgumentParser(prog=prog, description=command.help)
         command.add_arguments(parser)
         args = parser.parse_args(argv)

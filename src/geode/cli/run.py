@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-import argparse
 import hmac
 import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, cast
 
 from geode.cli.common import Command
 from geode.errors import GeodeError, ManifestError
 from geode.tee import EnclaveIdentity
 
 if TYPE_CHECKING:
+    import argparse
+
     from geode.formats.sigstruct import Sigstruct
 
 log = logging.getLogger("geode")
@@ -119,6 +121,8 @@ def choose_tee(manifest: dict[str, Any], requested: str | None) -> str:
 
 
 def _add_run(parser: argparse.ArgumentParser) -> None:
+    import argparse
+
     parser.add_argument("--manifest", type=Path,
                         help="manifest to run (default: APP.manifest.sgx + APP.sig, or "
                         "APP.manifest)")
@@ -148,6 +152,8 @@ RUN = Command("run", "run a program inside its manifest's shield (gramine-direct
 
 
 def _add_direct(parser: argparse.ArgumentParser) -> None:
+    import argparse
+
     parser.add_argument("app", help="application name: runs APP.manifest(.sgx) from the "
                         "current directory")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the program")
@@ -158,7 +164,8 @@ def _quick_direct(argv: Sequence[str]) -> argparse.Namespace | None:
     an option of its own or a ``--`` it would drop; else None (the parser decides)."""
     if not argv or argv[0].startswith("-") or "--" in argv:
         return None
-    return argparse.Namespace(app=argv[0], args=list(argv[1:]))
+    # (what the parser's Namespace would hold: argparse is not imported for a start)
+    return cast("argparse.Namespace", SimpleNamespace(app=argv[0], args=list(argv[1:])))
 
 
 def _run_direct(args: argparse.Namespace) -> int:
