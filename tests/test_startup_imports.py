@@ -120,6 +120,47 @@ def test_a_run_loads_no_attestation_code_without_attestation_files(
     assert [m for m in imported if m in NOT_IN_A_PLAIN_VIEW] == []
 
 
+QUIET_TEMPLATE = """\
+libos.entrypoint = "/cat"
+loader.log_level = "{{ log_level }}"
+loader.env.LD_LIBRARY_PATH = "/lib"
+loader.insecure__use_cmdline_argv = true
+fs.mounts = [
+  { path = "/lib", uri = "file:{{ gramine.runtimedir() }}" },
+  { path = "/cat", uri = "file:/usr/bin/cat" },
+  { path = "/other", uri = "file:/usr/bin/true" },
+]
+sgx.trusted_files = ["file:/usr/bin/cat", "file:{{ gramine.runtimedir() }}/"]
+"""
+
+
+@pytest.mark.parametrize("log_level", ["error", "warning"])
+def test_a_quiet_run_loads_no_logging(
+    tmp_path: Path, geode_env: dict[str, str], log_level: str
+) -> None:
+    """A run with nothing to log never imports logging (~7 ms of each start, see geode.log);
+    one that has something to say at its level still says it."""
+    (tmp_path / "cat.manifest.template").write_text(QUIET_TEMPLATE)
+    run(["gramine-manifest", "-Dlog_level=" + log_level, "cat.manifest.template",
+         "cat.manifest"], geode_env, cwd=tmp_path)
+    # /other is neither trusted nor allowed: opening it is refused with a WARNING record.
+    for args, status, logs in (([], 0, False), (["/other"], 1, log_level == "warning")):
+        proc = subprocess.run(
+            [sys.executable, "-X", "importtime", "-c",
+             "import sys; from geode.cli import gramine; sys.argv[0] = 'gramine-direct'; "
+             "gramine.direct()", "cat", *args],
+            env=geode_env, cwd=tmp_path, capture_output=True, text=True,
+            stdin=subprocess.DEVNULL)
+        records = [line for line in proc.stderr.splitlines()
+                   if not line.startswith("import time:")]
+        assert proc.returncode == status, records
+        imported = [line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()
+                    if line.startswith("import time:")]
+        assert "geode.runtime.supervisor" in imported
+        assert ("logging" in imported) == logs, records
+        assert any("/other" in line and "WARNING" in line for line in records) == logs, records
+
+
 def test_gramine_direct_parses_without_argparse(geode_env: dict[str, str]) -> None:
     """A plain ``gramine-direct APP ARGS`` never builds a parser, so argparse (and gettext)
     are not imported for a start."""

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import logging
+import functools
 import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NamedTuple, NoReturn
 
+import geode.log
 from geode.errors import GeodeError
 
 if TYPE_CHECKING:  # argparse itself only when a parser is built (~2 ms of each start)
@@ -75,16 +76,28 @@ def exit_now(status: int) -> NoReturn:
     the run is left to it: the program has been waited for, the view unmounted and its files
     written back, and Geode registers no atexit handlers.
     """
-    logging.shutdown()
+    geode.log.shutdown()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing to say
             stream.flush()
     os._exit(status)
 
 
+def log_to_stderr(prog: str) -> None:
+    """Send Geode's records of level WARNING and up to stderr as ``PROG: message`` (set up
+    when the first one is logged, see :mod:`geode.log`)."""
+    geode.log.configure(geode.log.WARNING, functools.partial(_basic_config, prog))
+
+
+def _basic_config(prog: str) -> None:
+    import logging
+
+    logging.basicConfig(format=f"{prog}: %(message)s", level=logging.WARNING)
+
+
 def run_single(prog: str, command: Command, argv: Sequence[str] | None = None) -> int:
     """Entry point of a ``gramine-*`` alias: the command's parser under Gramine's name."""
-    logging.basicConfig(format=f"{prog}: %(message)s", level=logging.WARNING)
+    log_to_stderr(prog)
     args = None
     if command.quick_parse is not None:
         args = command.quick_parse(sys.argv[1:] if argv is None else argv)

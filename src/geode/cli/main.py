@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from geode import __version__
-from geode.cli.common import Command, exit_now, invoke
+from geode.cli.common import Command, exit_now, invoke, log_to_stderr
 
 #: The subcommands in ``geode --help`` order: (name, module in geode.cli, attribute). Only the
 #: module of the command being run is imported, so that ``geode run`` does not load, say,
@@ -64,7 +63,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(format="geode: %(message)s", level=logging.WARNING)
+    log_to_stderr("geode")
     argv_from_process = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     names = {name for name, _, _ in _COMMAND_SOURCES}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hmac
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -13,6 +12,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from geode.cli.common import Command
 from geode.errors import GeodeError, ManifestError
+from geode.log import get_logger
 from geode.tee import EnclaveIdentity
 
 if TYPE_CHECKING:
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
     from geode.formats.sigstruct import Sigstruct
 
-log = logging.getLogger("geode")
+log = get_logger("geode")
 
 TEE_CHOICES = ("none", "sim", "tdx", "snp")
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import logging
 import socket
 import ssl
 import struct
@@ -24,10 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from geode.errors import GeodeError
+from geode.log import get_logger
 from geode.ratls.secret_prov import REQUEST, RESPONSE
 from geode.ratls.verify import RatlsOutcome, RatlsVerifier
 
-log = logging.getLogger("geode.secret_prov")
+log = get_logger("geode.secret_prov")
 
 
 class _PausedStreamProtocol(asyncio.StreamReaderProtocol):

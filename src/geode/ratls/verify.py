@@ -30,7 +30,6 @@ those variables must be ``any`` for it. The TD or guest itself is checked with
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from geode.errors import GeodeError
+from geode.log import get_logger
 from geode.ratls.cert import (
     CBOR_TAG_EVIDENCE,
     CLAIM_CERTS,
@@ -59,7 +59,7 @@ from geode.ratls.cert import (
 from geode.verify.collateral import Collateral
 from geode.verify.result import FAILED, PASSED, Check, Policy, VerificationResult
 
-log = logging.getLogger("geode.ratls")
+log = get_logger("geode.ratls")
 
 #: SGX-style measurement variables: Gramine requires all four (``any`` skips one)
 SGX_VARS = ("RA_TLS_MRENCLAVE", "RA_TLS_MRSIGNER", "RA_TLS_ISV_PROD_ID", "RA_TLS_ISV_SVN")

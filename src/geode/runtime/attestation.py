@@ -36,12 +36,12 @@ Gramine's in-place execve does).
 from __future__ import annotations
 
 import errno
-import logging
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 from geode.errors import GeodeError
+from geode.log import get_logger
 from geode.runtime import fuse
 from geode.runtime.viewfs import PseudoFile, PseudoHandle
 from geode.tee.sgx import REPORT_DATA_SIZE, REPORT_SIZE, TARGET_INFO_SIZE, fit
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from geode.runtime.viewfs import AttestationDir
     from geode.tee import TeeBackend
 
-log = logging.getLogger("geode.fs")
+log = get_logger("geode.fs")
 
 # --------------------------------------------------------------------------------------------
 # who is calling

@@ -62,7 +62,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import os
 import stat
 from collections.abc import Callable, Iterable, Mapping
@@ -70,6 +69,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from geode.errors import GeodeError
+from geode.log import get_logger
 from geode.runtime import fuse
 from geode.runtime.plan import Mount
 
@@ -100,7 +100,7 @@ __all__ = [
     "derive_seal_keys",
 ]
 
-log = logging.getLogger("geode.fs")
+log = get_logger("geode.fs")
 
 #: Gramine's name for the crash-recovery journal of ``<file>``: ``<file>.gramine.recovery``
 RECOVERY_SUFFIX = ".gramine.recovery"

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import os
 import stat
 import struct
@@ -48,7 +47,9 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple, NewType
 
-log = logging.getLogger("geode.fuse")
+from geode.log import get_logger
+
+log = get_logger("geode.fuse")
 
 InodeT = NewType("InodeT", int)
 FileHandleT = NewType("FileHandleT", int)

@@ -50,7 +50,6 @@ saved ids inside its user namespace.
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import posixpath
 import re
@@ -59,6 +58,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from geode.errors import ManifestError
+from geode.log import get_logger
 from geode.manifest.schema import value_at
 
 __all__ = [
@@ -80,7 +80,7 @@ __all__ = [
     "serialize",
 ]
 
-log = logging.getLogger("geode")
+log = get_logger("geode")
 
 DEFAULT_STACK_SIZE = 256 * 1024
 DEFAULT_FDS_LIMIT = 900

@@ -23,17 +23,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import logging
 from typing import TYPE_CHECKING
 
 from geode.errors import GeodeError
+from geode.log import get_logger
 
 if TYPE_CHECKING:
     from geode.runtime.plan import ViewPlan
     from geode.runtime.process import ProcessSpec
     from geode.tee import TeeBackend
 
-log = logging.getLogger("geode")
+log = get_logger("geode")
 
 #: geode.ratls.secret_prov.ENV_CONSTRUCTOR, named here so that checking it imports nothing
 ENV_CONSTRUCTOR = "SECRET_PROVISION_CONSTRUCTOR"

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
+import functools
 import os
 import select
 import signal
@@ -46,6 +46,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import geode.log
 from geode.errors import GeodeError, ManifestError
 from geode.runtime.process import ProcessSpec, process_spec
 from geode.runtime.sandbox import (
@@ -62,14 +63,14 @@ from geode.runtime.sandbox import (
 
 __all__ = ["configure_logging", "fuse_root", "kernel_mounts", "run", "supervise"]
 
-log = logging.getLogger("geode")
+log = geode.log.get_logger("geode")
 
 #: loader.log_level -> logging level. "trace" and "all" are below DEBUG.
 LOG_LEVELS = {
-    "none": logging.CRITICAL + 10,
-    "error": logging.ERROR,
-    "warning": logging.WARNING,
-    "debug": logging.DEBUG,
+    "none": geode.log.CRITICAL + 10,
+    "error": geode.log.ERROR,
+    "warning": geode.log.WARNING,
+    "debug": geode.log.DEBUG,
     "trace": 5,
     "all": 1,
 }
@@ -79,20 +80,12 @@ _TEARDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUI
 Serve = Callable[[Any, int, str], None]
 
 
-class _RuntimeHandler(logging.Handler):
-    """Marker subclass so that repeated runs replace, not stack, Geode's handler."""
-
-
-class _StreamHandler(logging.StreamHandler, _RuntimeHandler):  # type: ignore[type-arg]
-    pass
-
-
-class _FileHandler(logging.FileHandler, _RuntimeHandler):
-    pass
-
-
 def configure_logging(manifest: Mapping[str, Any]) -> None:
-    """Configure the ``geode`` logger from ``loader.log_level`` / ``loader.log_file``."""
+    """Configure the ``geode`` logger from ``loader.log_level`` / ``loader.log_file``.
+
+    The log file is created (or opened for appending) now, so that a bad path stops the
+    start-up; the handler itself is installed when the first record loads ``logging``
+    (see :mod:`geode.log`)."""
     loader = manifest.get("loader", {}) if isinstance(manifest, Mapping) else {}
     level_name = loader.get("log_level", "error") if isinstance(loader, Mapping) else "error"
     if level_name not in LOG_LEVELS:
@@ -101,23 +94,42 @@ def configure_logging(manifest: Mapping[str, Any]) -> None:
     log_file = loader.get("log_file") if isinstance(loader, Mapping) else None
     if log_file is not None and not isinstance(log_file, str):
         raise ManifestError(f"expected a path string, got {log_file!r}", where="loader.log_file")
-    for h in list(log.handlers):
-        if isinstance(h, _RuntimeHandler):
-            log.removeHandler(h)
-            h.close()
-    handler: logging.Handler
+    path = None
     if log_file and level_name != "none":
+        path = os.path.abspath(log_file)
         try:
-            handler = _FileHandler(log_file, mode="a", encoding="utf-8")
+            os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                             0o666))
         except OSError as e:
             raise ManifestError(f"cannot open {log_file}: {e.strerror}",
                                 where="loader.log_file") from None
+    level = LOG_LEVELS[level_name]
+    geode.log.configure(level, functools.partial(_install_handler, level, path))
+
+
+#: the name of the handler a run installs (replaced by the next run's)
+_HANDLER_NAME = "geode-runtime"
+
+
+def _install_handler(level: int, log_file: str | None) -> None:
+    """Give the ``geode`` logger its run's handler, replacing an earlier run's."""
+    import logging
+
+    logger = logging.getLogger("geode")
+    for h in list(logger.handlers):
+        if h.get_name() == _HANDLER_NAME:
+            logger.removeHandler(h)
+            h.close()
+    handler: logging.Handler
+    if log_file is not None:
+        handler = logging.FileHandler(log_file, mode="a", encoding="utf-8", delay=True)
     else:
-        handler = _StreamHandler()
+        handler = logging.StreamHandler()
+    handler.set_name(_HANDLER_NAME)
     handler.setFormatter(logging.Formatter("geode: %(levelname)s: %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(LOG_LEVELS[level_name])
-    log.propagate = False
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
 
 
 def _under(path: str, prefix: str) -> bool:
@@ -376,8 +388,7 @@ def run(manifest: dict[str, Any], *, manifest_path: Path, host_args: list[str],
         if stats_file is not None:
             _write_stats(fs, stats_file)
         with contextlib.suppress(Exception):
-            for h in log.handlers:
-                h.flush()
+            geode.log.flush("geode")
 
 
 def _write_stats(fs: Any, path: Path) -> None:

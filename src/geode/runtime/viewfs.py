@@ -101,7 +101,6 @@ import enum
 import errno
 import functools
 import hashlib
-import logging
 import os
 import posixpath
 import queue
@@ -116,6 +115,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 from geode.errors import GeodeError, ManifestError
+from geode.log import get_logger
 from geode.runtime import encfs, fuse
 from geode.runtime.plan import Mount, ViewPlan, normalize_view_path
 
@@ -131,7 +131,7 @@ __all__ = [
     "tune_readahead",
 ]
 
-log = logging.getLogger("geode.fs")
+log = get_logger("geode.fs")
 
 CHUNK_SIZE = 16 * 1024
 CHUNK_HASH_SIZE = 16
@@ -2482,6 +2482,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-store", action="store_true",
                    help="do not push verified files into the page cache (for measurements)")
     args = p.parse_args(argv)
+    import logging
+
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="geode.fs %(levelname)s: %(message)s")
     try:

@@ -31,17 +31,17 @@ from __future__ import annotations
 import errno
 import hashlib
 import itertools
-import logging
 import os
 import struct
 import uuid
 from pathlib import Path
 
 from geode.errors import FormatError, GeodeError
+from geode.log import get_logger
 from geode.tee import EnclaveIdentity, Evidence, TeeBackend
 from geode.tee.sgx import REPORT_DATA_SIZE
 
-log = logging.getLogger("geode")
+log = get_logger("geode")
 
 DEFAULT_TSM_DIR = "/sys/kernel/config/tsm/report"
 TSM_DIR_ENV = "GEODE_TSM_DIR"
