@@ -82,14 +82,15 @@ time, because after ``pivot_root`` the host's Python library is no longer reacha
 
 from __future__ import annotations
 
+import _socket
 import contextlib
 import ctypes
 import fcntl
 import os
 import resource
 import signal
-import socket
 import stat
+import struct
 from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
@@ -454,20 +455,34 @@ def preflight(*, fuse: bool = True) -> None:
 #                                     (P's end is close-on-exec) or everything exited
 
 _MSG_MAX = 4096
+#: The control socket is a bare ``_socket.socket``: the ``socket`` module wraps nothing the
+#: sandbox uses, and building its enums of every constant costs ~4 ms of each start.
+_Ctl = _socket.socket
 
 
 class _SetupFailure(Exception):
     """A setup step failed; the message is user-facing."""
 
 
-def _send(ctl: socket.socket, msg: bytes, fds: list[int] | None = None) -> None:
+def _send(ctl: _Ctl, msg: bytes, fds: list[int] | None = None) -> None:
     if fds:
-        socket.send_fds(ctl, [msg], fds)
+        rights = struct.pack(f"{len(fds)}i", *fds)
+        ctl.sendmsg([msg], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])
     else:
         ctl.send(msg)
 
 
-def _report(ctl: socket.socket | None, message: str) -> None:
+def _recv(ctl: _Ctl, maxfds: int) -> tuple[bytes, list[int]]:
+    """A message and the descriptors passed with it (at most ``maxfds``)."""
+    msg, ancillary, _, _ = ctl.recvmsg(_MSG_MAX, _socket.CMSG_LEN(maxfds * 4))
+    fds: list[int] = []
+    for level, kind, data in ancillary:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            fds.extend(struct.unpack(f"{len(data) // 4}i", data[: len(data) // 4 * 4]))
+    return msg, fds
+
+
+def _report(ctl: _Ctl | None, message: str) -> None:
     if ctl is None:
         return
     with contextlib.suppress(OSError):
@@ -524,7 +539,7 @@ def _map_self(ids: IdMapping) -> None:
                             f"(uid_map {ids.uid_map.strip()!r})") from None
 
 
-def _outer_main(cfg: SandboxConfig, ctl: socket.socket, supervisor: int) -> None:
+def _outer_main(cfg: SandboxConfig, ctl: _Ctl, supervisor: int) -> None:
     """Runs in C; never returns."""
     code = 125
     try:
@@ -590,7 +605,7 @@ def _outer_main(cfg: SandboxConfig, ctl: socket.socket, supervisor: int) -> None
 # --------------------------------------------------------------------------------------------
 
 
-def _init_main(cfg: SandboxConfig, ctl: socket.socket, fuse_fds: list[int]) -> None:
+def _init_main(cfg: SandboxConfig, ctl: _Ctl, fuse_fds: list[int]) -> None:
     """Runs as PID 1 of the sandbox; never returns."""
     code = 125
     try:
@@ -600,7 +615,7 @@ def _init_main(cfg: SandboxConfig, ctl: socket.socket, fuse_fds: list[int]) -> N
         # PID 1 ignores signals it has no handler for; drop the handler Python installed.
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         _build_root(cfg, ctl, fuse_fds)
-        socket.sethostname(cfg.spec.hostname)
+        _socket.sethostname(cfg.spec.hostname)
         seccomp.install(base=True)
         _send(ctl, b"ready")
         pid = os.fork()
@@ -687,7 +702,7 @@ def _fuse_options(cfg: SandboxConfig, fd: int) -> str:
             + (f",{cfg.root.options}" if cfg.root.options else ""))
 
 
-def _build_root(cfg: SandboxConfig, ctl: socket.socket, fuse_fds: list[int]) -> None:
+def _build_root(cfg: SandboxConfig, ctl: _Ctl, fuse_fds: list[int]) -> None:
     """Steps 1-6 of the mount order (module docstring). Runs in I."""
     # Host sources, opened before anything is covered.
     dev_fds: dict[str, int] = {}
@@ -795,7 +810,7 @@ def _build_root(cfg: SandboxConfig, ctl: socket.socket, fuse_fds: list[int]) -> 
 # --------------------------------------------------------------------------------------------
 
 
-def _program_main(cfg: SandboxConfig, ctl: socket.socket) -> None:
+def _program_main(cfg: SandboxConfig, ctl: _Ctl) -> None:
     """Runs in P (child of PID 1); execs the program or reports why it cannot."""
     spec = cfg.spec
     try:
@@ -871,7 +886,7 @@ class Sandbox:
         self.connections: list[tuple[str, int]] = []
         #: st_dev of each of those, by path, once known
         self.connection_devs: dict[str, int] = {}
-        self.ctl: socket.socket | None = None
+        self.ctl: _Ctl | None = None
         self.errors: list[str] = []
         self.ready = False
         self.eof = False
@@ -880,7 +895,7 @@ class Sandbox:
     # ---------------------------------------------------------------- start / handshake
 
     def start(self) -> None:
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        parent, child = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
         supervisor = os.getpid()
         pid = os.fork()
         if pid == 0:  # C
@@ -901,8 +916,7 @@ class Sandbox:
 
     def _recv(self) -> tuple[bytes, list[int]]:
         assert self.ctl is not None
-        msg, fds, _, _ = socket.recv_fds(self.ctl, _MSG_MAX, 2)
-        return msg, fds
+        return _recv(self.ctl, 2)
 
     def _handshake(self) -> None:
         mapped = False
