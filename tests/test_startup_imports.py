@@ -97,7 +97,7 @@ def test_loading_a_manifest_imports_little(
     loaded = out.split()
     assert ("geode.runtime.viewfs" in loaded) == (what == "view")
     # An unsigned manifest (gramine-direct's usual one) needs no SIGSTRUCT or signing code.
-    names = NOT_ON_THE_RUN_PATH + (() if signed else ("geode.signing", "geode.formats"))
+    names = NOT_ON_THE_RUN_PATH + (() if signed else ("geode.signing", "geode.formats.sigstruct"))
     names += NOT_IN_A_PLAIN_VIEW if what == "view" else ()
     unwanted = [m for m in loaded
                 if any(m == name or m.startswith(name + ".") for name in names)]

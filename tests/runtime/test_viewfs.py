@@ -786,6 +786,72 @@ def test_prefetched_entry_point_is_served_only_if_unchanged(tmp_path: Path, chan
     assert fs._prefetched == {}
 
 
+def test_prefetch_follows_the_entry_points_libraries(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The interpreter and the libraries a dynamically linked entry point needs are hashed
+    ahead too, found as ld.so finds them (an untrusted copy earlier in the search path is
+    passed over), and the program's opens use those results."""
+    from geode.runtime import viewfs
+    from geode.runtime.plan import ViewPlan
+
+    root = tmp_path / "root"
+    for d in ("bin", "opt", "lib64", "lib/x86_64-linux-gnu"):
+        (root / d).mkdir(parents=True)
+    libc = "/lib/x86_64-linux-gnu/libc.so.6"
+    ld_so = "/lib64/ld-linux-x86-64.so.2"
+    files = {"bin/app": "/usr/bin/true", ld_so[1:]: ld_so, libc[1:]: libc, "opt/libc.so.6": libc}
+    for rel, src in files.items():
+        shutil.copy(src, root / rel)
+    trusted_files = [trusted(root / rel) for rel in files if not rel.startswith("opt/")]
+    manifest: dict[str, Any] = {"fs": {"root": {"uri": f"file:{root}"}},
+                                "sgx": {"trusted_files": trusted_files}}
+    fs = viewfs.ViewFS(ViewPlan.from_manifest(manifest, base_dir=tmp_path), manifest)
+    fs.prefetch("/bin/app", ["/opt", "relative", "/missing", ""])
+    idents = {(os.stat(root / rel).st_dev, os.stat(root / rel).st_ino): rel for rel in files}
+    app = os.stat(root / "bin" / "app")
+    # The libraries were queued before the entry point was hashed.
+    assert fs._prefetched[(app.st_dev, app.st_ino)].done.wait(30)
+    jobs = dict(fs._prefetched)
+    for job in jobs.values():
+        assert job.done.wait(30)
+    assert sorted(idents[k] for k in jobs) == ["bin/app", "lib/x86_64-linux-gnu/libc.so.6",
+                                               "lib64/ld-linux-x86-64.so.2"]
+    hashed: list[int] = []
+    real = viewfs._hash_fd
+    monkeypatch.setattr(viewfs, "_hash_fd", lambda fd, size, **kw: (hashed.append(size),
+                                                                    real(fd, size, **kw))[1])
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with view_served_in_thread(fs, mnt):
+        r = subprocess.run(["chroot", str(mnt), "/bin/app"], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        assert hashed == []
+        assert fs._prefetched == {}
+
+
+def test_prefetch_skips_what_it_cannot_use(tmp_path: Path) -> None:
+    """A script, a static file of junk, an untrusted or missing entry point: nothing is
+    queued beyond the entry point itself, and nothing fails."""
+    from geode.runtime import viewfs
+    from geode.runtime.plan import ViewPlan
+
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "script").write_bytes(b"#!/bin/sh\necho hi\n")
+    (root / "junk").write_bytes(b"\x7fELF\x02\x01" + os.urandom(4000))
+    (root / "untrusted").write_bytes(b"x")
+    manifest: dict[str, Any] = {"fs": {"root": {"uri": f"file:{root}"}},
+                                "sgx": {"trusted_files": [trusted(root / "script"),
+                                                          trusted(root / "junk")]}}
+    fs = viewfs.ViewFS(ViewPlan.from_manifest(manifest, base_dir=tmp_path), manifest)
+    for name in ("script", "junk", "untrusted", "missing"):
+        fs.prefetch("/" + name, ["/"])
+    for job in list(fs._prefetched.values()):
+        assert job.done.wait(30)
+    assert len(fs._prefetched) == 2
+    fs.close()
+
+
 @pytest.mark.parametrize("stop", ["unmount", "ready-fails"])
 def test_serve_stopped_leaves_no_mount(tmp_path: Path, stop: str) -> None:
     from geode.runtime import fuse

@@ -376,8 +376,9 @@ def run(manifest: dict[str, Any], *, manifest_path: Path, host_args: list[str],
     log.debug("tee backend: %s", tee)
     from geode.runtime import viewfs
 
-    # The entry point's first open (by execve) finds it hashed while the sandbox was built.
-    fs.prefetch(spec.path)
+    # The first opens (execve's, ld.so's) find the entry point and its libraries hashed
+    # while the sandbox was built.
+    fs.prefetch(spec.path, spec.env.get("LD_LIBRARY_PATH", "").split(":"))
     try:
         return supervise(cfg, fs=fs, serve=viewfs.serve_fd, on_mounted=viewfs.tune_readahead)
     except OSError as e:

@@ -109,12 +109,13 @@ import stat
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 from geode.errors import GeodeError, ManifestError
+from geode.formats import elf
 from geode.log import get_logger
 from geode.runtime import encfs, fuse
 from geode.runtime.plan import Mount, ViewPlan, normalize_view_path
@@ -147,6 +148,10 @@ STORE_MAX = 16 << 20
 #: readahead window of the view's FUSE connection (see tune_readahead)
 READ_AHEAD_KB = 1024
 HASH_BLOCK = 64 * CHUNK_SIZE
+#: where ld.so looks for libraries after LD_LIBRARY_PATH and DT_RUNPATH (Debian's x86-64
+#: multiarch directories first, as in its ld.so cache, then glibc's built-in ones)
+SYSTEM_LIBRARY_DIRS = ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib",
+                       "/usr/lib")
 KEY_SIZE = 16
 INTERP_NAME = "ld-linux-x86-64.so.2"
 DEV_PLACEHOLDERS = ("null", "zero", "full", "random", "urandom", "tty", "ptmx")
@@ -240,6 +245,20 @@ def _pread_full(fd: int, size: int, offset: int) -> bytes:
         parts.append(more)
         got += len(more)
     return b"".join(parts)
+
+
+def _is_regular(root: _Root, rel: str) -> bool:
+    """Whether ``rel`` of a mount is a regular file on the host (not following a final
+    symlink), resolved inside the mount's host directory."""
+    try:
+        fd = openat2(root.fd, rel, os.O_PATH | os.O_NOFOLLOW) if root.is_dir else \
+            os.open(root.host, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode)
+    finally:
+        os.close(fd)
 
 
 class _BackgroundHash:
@@ -1559,46 +1578,105 @@ class ViewFS(fuse.Operations):
         h.node.handles.add(fh)
         return fh
 
-    def prefetch(self, vpath: str) -> None:
-        """Start hashing the trusted file at ``vpath`` on a thread of its own, so that its
-        first open (typically the entry point's, by execve) finds it verified; called while
-        the sandbox is being built. Only a regular file named by a trusted-files entry is
-        read, and only what was hashed is ever served: the first open uses the result if the
-        host file it opens is the same inode, unchanged since (size and times), else it
-        hashes the file itself."""
-        if not self.store_verified:
+    def prefetch(self, vpath: str, library_path: Sequence[str] = ()) -> None:
+        """Start hashing, on a thread of its own, the trusted file at ``vpath`` (the entry
+        point, which execve opens first) and, transitively, the ELF interpreter and libraries
+        it needs, so that the program's first opens find them verified; called while the
+        sandbox is being built. Files are hashed in the order ld.so opens them.
+
+        A needed library is looked for as ld.so looks: in DT_RPATH (of an object without
+        DT_RUNPATH), ``library_path`` (the program's ``LD_LIBRARY_PATH``), DT_RUNPATH, then
+        :data:`SYSTEM_LIBRARY_DIRS`; the first view path that is a trusted regular file is
+        taken. ld.so's cache and hwcaps subdirectories are not consulted: a guess that misses
+        costs hashing, nothing else. The dependency lists are read from the host files
+        unverified, as they only choose what to hash.
+
+        Only regular trusted files up to :data:`STORE_MAX` are read, and only what was hashed
+        is ever served: a first open uses a result if the host file it opens is the same
+        inode, unchanged since (size and times), else it hashes the file itself."""
+        first = self._prefetch_job(vpath)
+        if first is None:
             return
+        search = tuple(d for d in library_path if d.startswith("/"))
+
+        def run() -> None:
+            todo = deque([first])
+            while todo:
+                fd, job = todo.popleft()
+                try:
+                    # The dependencies are queued before the file is hashed: an open that
+                    # comes first then waits for its turn instead of hashing in parallel.
+                    for dep in self._needed_libraries(fd, search):
+                        queued = self._prefetch_job(dep)
+                        if queued is not None:
+                            todo.append(queued)
+                    job.digest, _, job.blocks = _hash_fd(
+                        fd, job.st.st_size, keep=True, table=False,
+                        parallel=job.st.st_size >= PARALLEL_HASH_MIN)
+                except OSError:
+                    job.digest, job.blocks = "", None
+                finally:
+                    os.close(fd)
+                    job.done.set()
+
+        threading.Thread(target=run, name="geode-prefetch", daemon=True).start()
+
+    def _prefetch_job(self, vpath: str) -> tuple[int, _Prefetch] | None:
+        """Open and register for prefetching the trusted file at ``vpath``; None if it is no
+        such file, too big to keep, or already verified or registered."""
+        if not self.store_verified:
+            return None
         mount, rel = self.plan.resolve(vpath)
         root = self._roots.get(mount.index)
         if mount.type != "chroot" or root is None:
-            return
+            return None
         host = _join_host(root.host, rel) if root.is_dir else root.host
         policy, sha = self.classify(host)
         if policy is not Policy.TRUSTED:
-            return
+            return None
         try:
             fd = self._open_host_at(mount, rel, os.O_RDONLY)
         except (OSError, fuse.FUSEError):
-            return
+            return None
         st = os.fstat(fd)
-        if st.st_size > STORE_MAX:
-            os.close(fd)
-            return
-        job = _Prefetch(st)
+        ident = (st.st_dev, st.st_ino)
         with self.lock:
-            self._prefetched[(st.st_dev, st.st_ino)] = job
-
-        def run() -> None:
-            try:
-                job.digest, _, job.blocks = _hash_fd(fd, st.st_size, keep=True, table=False,
-                                                     parallel=st.st_size >= PARALLEL_HASH_MIN)
-            except OSError:
-                job.digest, job.blocks = "", None
-            finally:
+            node = self._by_key.get(("f", *ident, sha))
+            if st.st_size > STORE_MAX or ident in self._prefetched or (
+                    node is not None and node.vstat is not None):
                 os.close(fd)
-                job.done.set()
+                return None
+            job = self._prefetched[ident] = _Prefetch(st)
+        return fd, job
 
-        threading.Thread(target=run, name="geode-prefetch", daemon=True).start()
+    def _needed_libraries(self, fd: int, search: tuple[str, ...]) -> list[str]:
+        """View paths of the interpreter and libraries the ELF file ``fd`` asks for, where
+        they are trusted files (see :meth:`prefetch`); empty for anything but ELF."""
+        try:
+            deps = elf.dependencies(lambda offset, size: os.pread(fd, size, offset))
+        except (elf.ElfError, OSError):
+            return []
+        found = [deps.interp] if deps.interp and deps.interp.startswith("/") else []
+        dirs = (() if deps.runpath else deps.rpath) + search + deps.runpath + \
+            SYSTEM_LIBRARY_DIRS
+        for name in deps.needed:
+            if "/" in name:
+                if name.startswith("/"):
+                    found.append(name)
+                continue
+            for d in dirs:
+                if "$" in d or not d.startswith("/"):
+                    continue  # $ORIGIN and friends, relative entries: not guessed
+                vpath = normalize_view_path(f"{d}/{name}")
+                mount, rel = self.plan.resolve(vpath)
+                root = self._roots.get(mount.index)
+                if root is None or mount.type != "chroot":
+                    continue
+                host = _join_host(root.host, rel) if root.is_dir else root.host
+                if self.classify(host)[0] is Policy.TRUSTED and _is_regular(root, rel):
+                    found.append(vpath)
+                    break
+        return found
 
     def _take_prefetched(self, st: os.stat_result) -> _Prefetch | None:
         """The finished prefetch of the host file whose attributes are ``st``, if it is that
