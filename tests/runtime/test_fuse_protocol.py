@@ -873,6 +873,38 @@ def test_readdir_reply_token() -> None:
     assert token.parts == parts and token.used == DIRENTPLUS_HEAD + 8
 
 
+U64 = st.integers(0, 2**64 - 1)
+U32 = st.integers(0, 2**32 - 1)
+TIME_NS = st.integers(-(2**62), 2**62)
+
+
+@given(ino=U64, generation=U64, size=U64, blocks=U64, mode=U32, nlink=U32, uid=U32,
+       gid=U32, rdev=U32, blksize=U32, times=st.tuples(TIME_NS, TIME_NS, TIME_NS),
+       timeouts=st.tuples(st.floats(-1, 1e6), st.floats(-1, 1e6)), next_id=U64,
+       name=st.binary(min_size=1, max_size=40))
+def test_readdir_reply_packs_the_generic_layout(
+    ino: int, generation: int, size: int, blocks: int, mode: int, nlink: int, uid: int,
+    gid: int, rdev: int, blksize: int, times: tuple[int, int, int],
+    timeouts: tuple[float, float], next_id: int, name: bytes
+) -> None:
+    """readdir_reply's one-pack fast path gives the bytes of fuse_entry_out (as LOOKUP
+    replies pack it), fuse_dirent and the padded name."""
+    a = fuse.EntryAttributes()
+    a.st_ino, a.generation, a.st_size, a.st_blocks = ino, generation, size, blocks
+    a.st_mode, a.st_nlink, a.st_uid, a.st_gid, a.st_rdev = mode, nlink, uid, gid, rdev
+    a.st_blksize = blksize
+    a.st_atime_ns, a.st_mtime_ns, a.st_ctime_ns = times
+    a.entry_timeout, a.attr_timeout = timeouts
+    token = fuse.ReaddirToken(1 << 16)
+    assert fuse.readdir_reply(token, name, a, next_id)
+    padded = name + bytes(-len(name) % 8)
+    expected = (fuse._pack_entry(a)
+                + fuse._DIRENT_HEAD.pack(ino, next_id, len(name), stat.S_IFMT(mode) >> 12)
+                + padded)
+    assert b"".join(token.parts) == expected
+    assert token.used == len(expected)
+
+
 def test_readdirplus_negative_entry_for_dot(h: Harness) -> None:
     """A zero st_ino entry gives a zero nodeid (the kernel then makes no lookup)."""
     dot = fuse.EntryAttributes()

@@ -121,6 +121,8 @@ _BATCH_FORGET_IN = struct.Struct("<II")
 _FORGET_ONE = struct.Struct("<QQ")
 _STATFS_OUT = struct.Struct("<QQQQQIIII24x")
 _DIRENT_HEAD = struct.Struct("<QQII")
+#: fuse_direntplus without its name: fuse_entry_out (head and fuse_attr), then fuse_dirent
+_DIRENTPLUS = struct.Struct("<QQQQII" "QQQQQQIIIIIIIIII" "QQII")
 _NOTIFY_STORE = struct.Struct("<QQII")
 _NOTIFY_INVAL_INODE = struct.Struct("<Qqq")
 _NOTIFY_INVAL_ENTRY = struct.Struct("<QII")
@@ -267,12 +269,30 @@ def _pack_entry(a: EntryAttributes) -> bytes:
 def readdir_reply(token: ReaddirToken, name: bytes, attr: EntryAttributes, next_id: int) -> bool:
     """Add one entry; False (and nothing added) when the reply buffer is full."""
     padded = (len(name) + 7) & ~7
-    size = _ENTRY_HEAD.size + _ATTR.size + _DIRENT_HEAD.size + padded
+    size = _DIRENTPLUS.size + padded
     if token.used + size > token.limit:
         return False
-    token.parts.append(_pack_entry(attr))
-    token.parts.append(_DIRENT_HEAD.pack(attr.st_ino, next_id, len(name),
-                                         stat.S_IFMT(attr.st_mode) >> 12))
+    # One pack per entry (this runs for every name of every directory listed): the same
+    # fields as _pack_entry, _pack_attr and _DIRENT_HEAD would give.
+    a = attr
+    ino = a.st_ino
+    kind = stat.S_IFMT(a.st_mode) >> 12
+    if ino == 0:  # no inode for the kernel to remember: the generic layout
+        token.parts.append(_pack_entry(a) + _DIRENT_HEAD.pack(0, next_id, len(name), kind))
+        token.parts.append(name + bytes(padded - len(name)))
+        token.used += size
+        return True
+    ev, evn = _timeout(a.entry_timeout)
+    av, avn = _timeout(a.attr_timeout)
+    at, atn = divmod(a.st_atime_ns, 1_000_000_000)
+    mt, mtn = divmod(a.st_mtime_ns, 1_000_000_000)
+    ct, ctn = divmod(a.st_ctime_ns, 1_000_000_000)
+    mask = 0xFFFF_FFFF_FFFF_FFFF
+    token.parts.append(_DIRENTPLUS.pack(
+        ino, a.generation, ev, av, evn, avn,
+        ino, a.st_size, a.st_blocks, at & mask, mt & mask, ct & mask, atn, mtn, ctn,
+        a.st_mode, a.st_nlink, a.st_uid, a.st_gid, a.st_rdev, a.st_blksize, 0,
+        ino, next_id, len(name), kind))
     token.parts.append(name + bytes(padded - len(name)))
     token.used += size
     return True
