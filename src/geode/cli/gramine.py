@@ -6,6 +6,7 @@ its start-up time should not pay for the manifest, signing and serializer comman
 
 from __future__ import annotations
 
+import gc
 from typing import NoReturn
 
 from geode.cli.common import exit_now, run_single
@@ -48,6 +49,9 @@ def argv_serializer() -> int:
 
 
 def direct() -> NoReturn:
+    # No cyclic collections while the start-up's long-lived objects are made (modules, then
+    # the manifest): the run command freezes them and turns the collector back on.
+    gc.disable()
     from geode.cli import run as _run
 
     exit_now(run_single("gramine-direct", _run.DIRECT))
