@@ -21,6 +21,7 @@ same name. Invariants:
 
 from __future__ import annotations
 
+import _thread
 import sys
 
 TYPE_CHECKING = False
@@ -35,6 +36,9 @@ DEBUG, INFO, WARNING, ERROR, CRITICAL = 10, 20, 30, 40, 50
 
 _threshold = WARNING
 _setups: list[Callable[[], None]] = []
+#: held while the deferred setups run: a record from another thread waits for them rather
+#: than reaching logging half-configured
+_setup_lock = _thread.allocate_lock()
 
 
 class Logger:
@@ -114,8 +118,9 @@ def configure(level: int, setup: Callable[[], None]) -> None:
 
 
 def _run_setups() -> None:
-    while _setups:
-        _setups.pop(0)()
+    with _setup_lock:
+        while _setups:
+            _setups.pop(0)()
 
 
 def _real_logger(name: str) -> logging.Logger:
