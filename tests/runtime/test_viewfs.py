@@ -829,9 +829,10 @@ def test_prefetch_follows_the_entry_points_libraries(tmp_path: Path,
         assert fs._prefetched == {}
 
 
-def test_prefetch_skips_what_it_cannot_use(tmp_path: Path) -> None:
+def test_prefetch_skips_what_it_cannot_use(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """A script, a static file of junk, an untrusted or missing entry point: nothing is
-    queued beyond the entry point itself, and nothing fails."""
+    queued beyond the entry point itself, nothing fails, and what no open took is dropped."""
     from geode.runtime import viewfs
     from geode.runtime.plan import ViewPlan
 
@@ -844,11 +845,17 @@ def test_prefetch_skips_what_it_cannot_use(tmp_path: Path) -> None:
                                 "sgx": {"trusted_files": [trusted(root / "script"),
                                                           trusted(root / "junk")]}}
     fs = viewfs.ViewFS(ViewPlan.from_manifest(manifest, base_dir=tmp_path), manifest)
+    monkeypatch.setattr(viewfs, "PREFETCH_KEEP", 0.5)
     for name in ("script", "junk", "untrusted", "missing"):
         fs.prefetch("/" + name, ["/"])
     for job in list(fs._prefetched.values()):
         assert job.done.wait(30)
     assert len(fs._prefetched) == 2
+    # Results nobody opened are dropped after PREFETCH_KEEP.
+    deadline = time.monotonic() + 30
+    while fs._prefetched and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert fs._prefetched == {}
     fs.close()
 
 

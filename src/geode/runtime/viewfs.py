@@ -148,6 +148,8 @@ STORE_MAX = 16 << 20
 #: readahead window of the view's FUSE connection (see tune_readahead)
 READ_AHEAD_KB = 1024
 HASH_BLOCK = 64 * CHUNK_SIZE
+#: how long a prefetched file's verified bytes wait for the open they were hashed for, in s
+PREFETCH_KEEP = 10.0
 #: where ld.so looks for libraries after LD_LIBRARY_PATH and DT_RUNPATH (Debian's x86-64
 #: multiarch directories first, as in its ld.so cache, then glibc's built-in ones)
 SYSTEM_LIBRARY_DIRS = ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib",
@@ -1601,8 +1603,10 @@ class ViewFS(fuse.Operations):
 
         def run() -> None:
             todo = deque([first])
+            mine = []
             while todo:
                 fd, job = todo.popleft()
+                mine.append(job)
                 try:
                     # The dependencies are queued before the file is hashed: an open that
                     # comes first then waits for its turn instead of hashing in parallel.
@@ -1618,6 +1622,14 @@ class ViewFS(fuse.Operations):
                 finally:
                     os.close(fd)
                     job.done.set()
+            # A result no open has taken by now (a library ld.so found elsewhere) only holds
+            # memory: drop it. Its file, if opened later, is hashed by that open.
+            time.sleep(PREFETCH_KEEP)
+            with self.lock:
+                for job in mine:
+                    ident = (job.st.st_dev, job.st.st_ino)
+                    if self._prefetched.get(ident) is job:
+                        del self._prefetched[ident]
 
         threading.Thread(target=run, name="geode-prefetch", daemon=True).start()
 
@@ -1701,6 +1713,7 @@ class ViewFS(fuse.Operations):
         try:
             if job is not None:  # (its bytes go into the page cache, as a kept file's)
                 keep, digest, table, blocks = True, job.digest, b"", job.blocks
+                job.blocks = None  # (the prefetch thread keeps the job a while longer)
             elif size >= THREAD_HASH_MIN:
                 # a big file: other requests are served while it is hashed
                 with self._released():
