@@ -89,15 +89,19 @@ def build(example: str, work: Path, *make_args: str) -> Path:
 
 def bench_startup(work: Path, runs: int) -> None:
     d = build("python", work)
-    native = [timed(["/usr/bin/python3", "-c", "pass"]) for _ in range(runs)]
-    geode = [timed([str(BIN / "gramine-direct"), "./python", "-c", "pass"], cwd=d)
-             for _ in range(runs)]
+    # Native and Geode alternate, so that the machine's drift hits both alike.
+    native: list[float] = []
+    geode: list[float] = []
+    for _ in range(runs):
+        native.append(timed(["/usr/bin/python3", "-c", "pass"]))
+        geode.append(timed([str(BIN / "gramine-direct"), "./python", "-c", "pass"], cwd=d))
     stats = work / "stats.json"
     sh([str(BIN / "geode"), "run", "--stats-file", str(stats), "./python", "-c", "pass"], cwd=d)
     requests = json.loads(stats.read_text())["total"]
     row("python3 -c pass: wall time (median)", median_ms(native), median_ms(geode), "ms")
-    print(f"{'':<44} Geode - native = {median_ms(geode) - median_ms(native):.0f} ms; "
-          f"{requests} FUSE requests per start")
+    paired = statistics.median(g - n for n, g in zip(native, geode, strict=True)) * 1000
+    print(f"{'':<44} Geode - native = {median_ms(geode) - median_ms(native):.0f} ms "
+          f"(median of paired differences {paired:.0f} ms); {requests} FUSE requests per start")
     inner = ("import sys,time,subprocess; t=time.perf_counter(); "
              "subprocess.run([sys.executable,'-c','pass']); "
              "print(time.perf_counter()-t)")
@@ -112,10 +116,15 @@ def bench_startup(work: Path, runs: int) -> None:
 def bench_fork(work: Path, runs: int) -> None:
     d = build("bash", work)
     loop = "TIMEFORMAT=%R; time (for i in $(seq 1000); do /usr/bin/true; done)"
-    native = [float(sh(["/bin/bash", "-c", loop]).stderr.split()[-1]) for _ in range(runs)]
-    geode = [float(sh([str(BIN / "gramine-direct"), "./bash", "-c", loop],
-                      cwd=d).stderr.split()[-1]) for _ in range(runs)]
+    native: list[float] = []
+    geode: list[float] = []
+    for _ in range(runs):  # alternating, as for the start-up
+        native.append(float(sh(["/bin/bash", "-c", loop]).stderr.split()[-1]))
+        geode.append(float(sh([str(BIN / "gramine-direct"), "./bash", "-c", loop],
+                              cwd=d).stderr.split()[-1]))
     row("bash: 1000 x fork+exec of true (median)", median_ms(native), median_ms(geode), "ms")
+    paired = statistics.median(g / n for n, g in zip(native, geode, strict=True))
+    print(f"{'':<44} median of paired ratios x{paired:.2f}")
 
 
 def _rps(output: str, test: str) -> float:
