@@ -62,32 +62,29 @@ class Logger:
         real = self._logger(level)
         return real is not None and real.isEnabledFor(level)
 
-    # stacklevel=2: the record names the caller of these methods, as logging's own would.
-    def debug(self, msg: object, *args: object, **kwargs: object) -> None:
-        real = self._logger(DEBUG)
+    def _emit(self, level: int, msg: object, args: tuple[object, ...],
+              kwargs: dict[str, object]) -> None:
+        real = self._logger(level)
         if real is not None:
-            real.debug(msg, *args, stacklevel=2, **kwargs)  # type: ignore[arg-type]
+            # stacklevel=3: the record names the caller of debug() & co., as logging's would
+            real.log(level, msg, *args, stacklevel=3, **kwargs)  # type: ignore[arg-type]
+
+    def debug(self, msg: object, *args: object, **kwargs: object) -> None:
+        self._emit(DEBUG, msg, args, kwargs)
 
     def info(self, msg: object, *args: object, **kwargs: object) -> None:
-        real = self._logger(INFO)
-        if real is not None:
-            real.info(msg, *args, stacklevel=2, **kwargs)  # type: ignore[arg-type]
+        self._emit(INFO, msg, args, kwargs)
 
     def warning(self, msg: object, *args: object, **kwargs: object) -> None:
-        real = self._logger(WARNING)
-        if real is not None:
-            real.warning(msg, *args, stacklevel=2, **kwargs)  # type: ignore[arg-type]
+        self._emit(WARNING, msg, args, kwargs)
 
     def error(self, msg: object, *args: object, **kwargs: object) -> None:
-        real = self._logger(ERROR)
-        if real is not None:
-            real.error(msg, *args, stacklevel=2, **kwargs)  # type: ignore[arg-type]
+        self._emit(ERROR, msg, args, kwargs)
 
     def exception(self, msg: object, *args: object, **kwargs: object) -> None:
         """An ERROR record with the exception being handled (call it from ``except``)."""
-        real = self._logger(ERROR)
-        if real is not None:
-            real.exception(msg, *args, stacklevel=2, **kwargs)  # type: ignore[arg-type]
+        kwargs.setdefault("exc_info", True)
+        self._emit(ERROR, msg, args, kwargs)
 
 
 _loggers: dict[str, Logger] = {}
