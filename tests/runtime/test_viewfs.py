@@ -829,6 +829,36 @@ def test_prefetch_follows_the_entry_points_libraries(tmp_path: Path,
         assert fs._prefetched == {}
 
 
+def test_prefetch_follows_gramines_interpreter_link(tmp_path: Path) -> None:
+    """With /lib mounted and no /lib64 (Gramine's usual manifest), the interpreter the ELF
+    names, /lib64/ld-linux-x86-64.so.2, is the view's symlink into /lib: what it points to
+    is queued first, in the order ld.so opens files."""
+    from geode.runtime import viewfs
+    from geode.runtime.plan import ViewPlan
+
+    root, lib = tmp_path / "root", tmp_path / "lib"
+    (root / "bin").mkdir(parents=True)
+    lib.mkdir()
+    shutil.copy("/usr/bin/true", root / "bin" / "app")
+    shutil.copy("/lib64/ld-linux-x86-64.so.2", lib / "ld-linux-x86-64.so.2")
+    shutil.copy("/lib/x86_64-linux-gnu/libc.so.6", lib / "libc.so.6")
+    files = [root / "bin" / "app", lib / "ld-linux-x86-64.so.2", lib / "libc.so.6"]
+    manifest: dict[str, Any] = {
+        "loader": {"env": {"LD_LIBRARY_PATH": "/lib"}},
+        "fs": {"root": {"uri": f"file:{root}"}, "mounts": [{"path": "/lib", "uri": f"file:{lib}"}]},
+        "sgx": {"trusted_files": [trusted(f) for f in files]}}
+    fs = viewfs.ViewFS(ViewPlan.from_manifest(manifest, base_dir=tmp_path), manifest)
+    assert fs.interp_target == "/lib/ld-linux-x86-64.so.2"
+    fs.prefetch("/bin/app", ["/lib"])
+    app = os.stat(files[0])
+    assert fs._prefetched[(app.st_dev, app.st_ino)].done.wait(30)
+    order = list(fs._prefetched)
+    assert order == [(os.stat(f).st_dev, os.stat(f).st_ino) for f in files]
+    for job in fs._prefetched.values():
+        assert job.done.wait(30) and job.blocks is not None
+    fs.close()
+
+
 def test_prefetch_skips_what_it_cannot_use(tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """A script, a static file of junk, an untrusted or missing entry point: nothing is

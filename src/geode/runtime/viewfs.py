@@ -1636,16 +1636,10 @@ class ViewFS(fuse.Operations):
     def _prefetch_job(self, vpath: str) -> tuple[int, _Prefetch] | None:
         """Open and register for prefetching the trusted file at ``vpath``; None if it is no
         such file, too big to keep, or already verified or registered."""
-        if not self.store_verified:
+        trusted = self._trusted_at(vpath) if self.store_verified else None
+        if trusted is None:
             return None
-        mount, rel = self.plan.resolve(vpath)
-        root = self._roots.get(mount.index)
-        if mount.type != "chroot" or root is None:
-            return None
-        host = _join_host(root.host, rel) if root.is_dir else root.host
-        policy, sha = self.classify(host)
-        if policy is not Policy.TRUSTED:
-            return None
+        mount, _, rel, sha = trusted
         try:
             fd = self._open_host_at(mount, rel, os.O_RDONLY)
         except (OSError, fuse.FUSEError):
@@ -1668,7 +1662,9 @@ class ViewFS(fuse.Operations):
             deps = elf.dependencies(lambda offset, size: os.pread(fd, size, offset))
         except (elf.ElfError, OSError):
             return []
-        found = [deps.interp] if deps.interp and deps.interp.startswith("/") else []
+        found = []
+        if deps.interp and deps.interp.startswith("/"):
+            found.append(self._through_virtual_link(deps.interp))
         dirs = (() if deps.runpath else deps.rpath) + search + deps.runpath + \
             SYSTEM_LIBRARY_DIRS
         for name in deps.needed:
@@ -1680,15 +1676,32 @@ class ViewFS(fuse.Operations):
                 if "$" in d or not d.startswith("/"):
                     continue  # $ORIGIN and friends, relative entries: not guessed
                 vpath = normalize_view_path(f"{d}/{name}")
-                mount, rel = self.plan.resolve(vpath)
-                root = self._roots.get(mount.index)
-                if root is None or mount.type != "chroot":
-                    continue
-                host = _join_host(root.host, rel) if root.is_dir else root.host
-                if self.classify(host)[0] is Policy.TRUSTED and _is_regular(root, rel):
+                trusted = self._trusted_at(vpath)
+                if trusted is not None and _is_regular(trusted[1], trusted[2]):
                     found.append(vpath)
                     break
         return found
+
+    def _trusted_at(self, vpath: str) -> tuple[Mount, _Root, str, str] | None:
+        """(mount, its host root, path in it, sha256) of the trusted file the manifest puts
+        at ``vpath`` below a chroot mount; None for any other path."""
+        mount, rel = self.plan.resolve(vpath)
+        root = self._roots.get(mount.index)
+        if mount.type != "chroot" or root is None:
+            return None
+        policy, sha = self.classify(_join_host(root.host, rel) if root.is_dir else root.host)
+        if policy is not Policy.TRUSTED or sha is None:
+            return None
+        return mount, root, rel, sha
+
+    def _through_virtual_link(self, vpath: str) -> str:
+        """``vpath``, or where it leads if it is one of the view's own symlinks (Gramine's
+        ``/lib64/ld-linux-x86-64.so.2``, see :meth:`_find_interp`)."""
+        parent, name = posixpath.split(vpath)
+        ve = self._vtree.get(parent, {}).get(name)
+        if ve is None or ve.kind != "link" or ve.target is None:
+            return vpath
+        return normalize_view_path(posixpath.join(parent, ve.target))
 
     def _take_prefetched(self, st: os.stat_result) -> _Prefetch | None:
         """The finished prefetch of the host file whose attributes are ``st``, if it is that
