@@ -163,22 +163,34 @@ def test_a_quiet_run_loads_no_logging(
         assert any("/other" in line and "WARNING" in line for line in records) == logs, records
 
 
-def test_a_run_freezes_its_start_up_objects(tmp_path: Path, geode_env: dict[str, str]) -> None:
-    """gramine-direct loads the manifest with the cyclic collector off, then freezes what
-    the start-up made (collections never walk it again) and turns the collector back on for
-    the rest of the run."""
+EXIT_REPORT = ("import gc, os, sys; real = os._exit; "
+               "os._exit = lambda s: (print(gc.isenabled(), gc.get_freeze_count()), real(s)); ")
+
+
+@pytest.mark.parametrize(("code", "frozen"), [
+    (EXIT_REPORT + "from geode.cli import gramine; sys.argv[0] = 'gramine-direct'; "
+     "gramine.direct()", True),
+    (EXIT_REPORT + "from geode.cli import main; sys.argv[0] = 'geode'; "
+     "sys.argv.insert(1, 'run'); main.main()", True),
+    # a caller's process (argv given): its objects are not frozen on its behalf
+    ("import gc, sys; from geode.cli import main; status = main.main(['run', 'cat']); "
+     "print(gc.isenabled(), gc.get_freeze_count())", False),
+], ids=["gramine-direct", "geode-run", "in-process"])
+def test_a_run_freezes_its_start_up_objects(tmp_path: Path, geode_env: dict[str, str],
+                                            code: str, frozen: bool) -> None:
+    """A run command that owns its process loads the manifest with the cyclic collector
+    off, then freezes what the start-up made (collections never walk it again) and turns
+    the collector back on for the rest of the run."""
     (tmp_path / "cat.manifest.template").write_text(QUIET_TEMPLATE)
     run(["gramine-manifest", "-Dlog_level=error", "cat.manifest.template", "cat.manifest"],
         geode_env, cwd=tmp_path)
-    code = ("import gc, os, sys; from geode.cli import gramine; real = os._exit; "
-            "os._exit = lambda s: (print(gc.isenabled(), gc.get_freeze_count()), real(s)); "
-            "sys.argv[0] = 'gramine-direct'; gramine.direct()")
     proc = subprocess.run([sys.executable, "-c", code, "cat"], env=geode_env, cwd=tmp_path,
                           capture_output=True, text=True, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr
     # (the supervisor's is the last line: forked helpers leave through os._exit too)
-    enabled, frozen = proc.stdout.splitlines()[-1].split()
-    assert enabled == "True" and int(frozen) > 10_000
+    enabled, count = proc.stdout.splitlines()[-1].split()
+    assert enabled == "True"
+    assert (int(count) > 10_000) == frozen, count
 
 
 def test_gramine_direct_parses_without_argparse(geode_env: dict[str, str]) -> None:

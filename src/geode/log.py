@@ -29,8 +29,8 @@ if TYPE_CHECKING:
     import logging
     from collections.abc import Callable
 
-__all__ = ["DEBUG", "ERROR", "INFO", "WARNING", "Logger", "configure", "flush", "get_logger",
-           "shutdown", "threshold"]
+__all__ = ["CRITICAL", "DEBUG", "ERROR", "INFO", "WARNING", "Logger", "configure", "flush",
+           "get_logger", "shutdown", "threshold"]
 
 DEBUG, INFO, WARNING, ERROR, CRITICAL = 10, 20, 30, 40, 50
 

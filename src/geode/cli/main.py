@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import sys
 from collections.abc import Sequence
@@ -68,6 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     names = {name for name, _, _ in _COMMAND_SOURCES}
     only = argv[0] if argv and argv[0] in names else None
+    if only == "run" and argv_from_process:
+        gc.disable()  # (the run command resumes it; see cli.run._run)
     args = build_parser(only).parse_args(argv)
     status = invoke("geode", args._handler, args)
     if only == "run" and argv_from_process:  # the `geode` command itself, not a caller

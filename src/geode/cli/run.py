@@ -141,13 +141,16 @@ def _run(args: argparse.Namespace) -> int:
 
     # Loading a signed manifest allocates ~10^5 objects (a table per trusted file) that live
     # as long as the run: the cyclic collector walked them several times per start (~6 ms)
-    # and never found garbage. So it is off while they are made, and they are then moved
-    # out of its sight (frozen) before it resumes for the rest of the run.
+    # and never found garbage. So it is off while they are made; and when the command owns
+    # its process (its entry point turned the collector off before importing anything, see
+    # gramine.direct and main), they are then moved out of its sight for good (frozen).
+    owns_process = not gc.isenabled()
     gc.disable()
     try:
         manifest, path, identity = load_for_run(args.manifest, args.app)
     finally:
-        gc.freeze()
+        if owns_process:
+            gc.freeze()
         gc.enable()
     tee = choose_tee(manifest, args.tee)
     insecure = insecure_settings(manifest)
