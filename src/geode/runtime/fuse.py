@@ -272,27 +272,26 @@ def readdir_reply(token: ReaddirToken, name: bytes, attr: EntryAttributes, next_
     size = _DIRENTPLUS.size + padded
     if token.used + size > token.limit:
         return False
-    # One pack per entry (this runs for every name of every directory listed): the same
-    # fields as _pack_entry, _pack_attr and _DIRENT_HEAD would give.
     a = attr
     ino = a.st_ino
     kind = stat.S_IFMT(a.st_mode) >> 12
     if ino == 0:  # no inode for the kernel to remember: the generic layout
-        token.parts.append(_pack_entry(a) + _DIRENT_HEAD.pack(0, next_id, len(name), kind))
-        token.parts.append(name + bytes(padded - len(name)))
-        token.used += size
-        return True
-    ev, evn = _timeout(a.entry_timeout)
-    av, avn = _timeout(a.attr_timeout)
-    at, atn = divmod(a.st_atime_ns, 1_000_000_000)
-    mt, mtn = divmod(a.st_mtime_ns, 1_000_000_000)
-    ct, ctn = divmod(a.st_ctime_ns, 1_000_000_000)
-    mask = 0xFFFF_FFFF_FFFF_FFFF
-    token.parts.append(_DIRENTPLUS.pack(
-        ino, a.generation, ev, av, evn, avn,
-        ino, a.st_size, a.st_blocks, at & mask, mt & mask, ct & mask, atn, mtn, ctn,
-        a.st_mode, a.st_nlink, a.st_uid, a.st_gid, a.st_rdev, a.st_blksize, 0,
-        ino, next_id, len(name), kind))
+        head = _pack_entry(a) + _DIRENT_HEAD.pack(0, next_id, len(name), kind)
+    else:
+        # One pack per entry (this runs for every name of every directory listed), with the
+        # fields _pack_entry, _pack_attr and _DIRENT_HEAD would give.
+        ev, evn = _timeout(a.entry_timeout)
+        av, avn = _timeout(a.attr_timeout)
+        at, atn = divmod(a.st_atime_ns, 1_000_000_000)
+        mt, mtn = divmod(a.st_mtime_ns, 1_000_000_000)
+        ct, ctn = divmod(a.st_ctime_ns, 1_000_000_000)
+        mask = 0xFFFF_FFFF_FFFF_FFFF
+        head = _DIRENTPLUS.pack(
+            ino, a.generation, ev, av, evn, avn,
+            ino, a.st_size, a.st_blocks, at & mask, mt & mask, ct & mask, atn, mtn, ctn,
+            a.st_mode, a.st_nlink, a.st_uid, a.st_gid, a.st_rdev, a.st_blksize, 0,
+            ino, next_id, len(name), kind)
+    token.parts.append(head)
     token.parts.append(name + bytes(padded - len(name)))
     token.used += size
     return True
