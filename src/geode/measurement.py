@@ -38,7 +38,10 @@ import os
 import struct
 import sys
 from functools import cache
-from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # (a run measures without pathlib)
+    from pathlib import Path
 
 IDENTITY_HEADER = "geode-runtime-identity/1"
 MEASUREMENT_DOMAIN = b"geode-measurement/1\0"
@@ -47,7 +50,7 @@ MEASUREMENT_DOMAIN = b"geode-measurement/1\0"
 #: Their versions (not their installed bytes, which differ per build) are identity.
 RUNTIME_DISTRIBUTIONS = ("cryptography",)
 
-_PACKAGE_ROOT = Path(__file__).resolve().parent
+_PACKAGE_ROOT = os.path.dirname(os.path.realpath(__file__))
 
 
 def _package_files() -> list[tuple[str, str]]:
@@ -56,7 +59,7 @@ def _package_files() -> list[tuple[str, str]]:
     ``os.walk`` rather than ``Path.rglob``: the same files (neither follows symlinked
     directories), ~2 ms less at every start.
     """
-    root = str(_PACKAGE_ROOT)
+    root = _PACKAGE_ROOT
     files = []
     for dirpath, _, names in os.walk(root):
         rel_dir = os.path.relpath(dirpath, root)

@@ -10,12 +10,12 @@ import pytest
 from geode.errors import ManifestError
 from geode.runtime.plan import ViewPlan, normalize_view_path
 
-BASE = Path("/srv/app")
+BASE = "/srv/app"  # (host paths are strings; base_dir may be any path-like)
 SHA_A = "a" * 64
 SHA_B = "B" * 64
 
 
-def plan(manifest: dict[str, Any], base: Path = BASE) -> ViewPlan:
+def plan(manifest: dict[str, Any], base: str | Path = BASE) -> ViewPlan:
     return ViewPlan.from_manifest(manifest, base_dir=base)
 
 
@@ -24,7 +24,7 @@ def test_defaults_follow_gramine() -> None:
     assert len(p.mounts) == 1
     root = p.mounts[0]
     assert (root.path, root.type, root.host) == ("/", "chroot", BASE)
-    assert p.trusted == {}
+    assert p.trusted_paths == {}
     assert p.allowed == ()
     assert p.file_check_policy == "strict"
     assert p.start_dir == "/"
@@ -43,8 +43,8 @@ def test_root_and_mounts_in_order_with_relative_uris() -> None:
     }})
     assert [m.path for m in p.mounts] == ["/", "/lib", "/data", "/tmp", "/etc"]
     assert [m.type for m in p.mounts] == ["chroot", "chroot", "chroot", "tmpfs", "chroot"]
-    assert [m.host for m in p.mounts] == [BASE / "rootfs", Path("/usr/lib/x86_64-linux-gnu"),
-                                          Path("/srv/data/x"), None, BASE]
+    assert [m.host for m in p.mounts] == [f"{BASE}/rootfs", "/usr/lib/x86_64-linux-gnu",
+                                          "/srv/data/x", None, BASE]
     assert p.mounts[3].options == {"type": "tmpfs", "path": "/tmp"}
     assert [m.index for m in p.mounts] == [0, 1, 2, 3, 4]
     assert p.start_dir == "/app"
@@ -66,7 +66,7 @@ def test_resolve_picks_innermost_mount_and_relative_path() -> None:
     assert (m.path, rel) == ("/", "etc/passwd")
     m, rel = p.resolve("/tmp/a/../b")
     assert (m.type, rel) == ("tmpfs", "b")
-    assert p.host_path("/usr/lib/x") == Path("/opt/lib/x")
+    assert p.host_path("/usr/lib/x") == "/opt/lib/x"
     assert p.host_path("/tmp/x") is None
 
 
@@ -77,10 +77,10 @@ def test_later_mount_hides_earlier_mounts_below_it() -> None:
         {"path": "/x", "uri": "file:/one"},
         {"path": "/x", "uri": "file:/two"},
     ]}})
-    assert [m.host for m in p.visible_mounts] == [BASE, Path("/usr"), Path("/two")]
+    assert [m.host for m in p.visible_mounts] == [BASE, "/usr", "/two"]
     m, rel = p.resolve("/usr/lib/libc.so.6")
-    assert (m.host, rel) == (Path("/usr"), "lib/libc.so.6")
-    assert p.resolve("/x/y")[0].host == Path("/two")
+    assert (m.host, rel) == ("/usr", "lib/libc.so.6")
+    assert p.resolve("/x/y")[0].host == "/two"
 
 
 def test_trusted_files_keyed_by_normalized_host_path() -> None:
@@ -89,7 +89,7 @@ def test_trusted_files_keyed_by_normalized_host_path() -> None:
         {"uri": "file:/abs//b", "sha256": SHA_B},
         {"uri": "file:bin/../lib/a.so", "sha256": SHA_A},  # duplicate, same hash
     ]}})
-    assert dict(p.trusted) == {BASE / "lib/a.so": SHA_A, Path("/abs/b"): SHA_B.lower()}
+    assert dict(p.trusted_paths) == {f"{BASE}/lib/a.so": SHA_A, "/abs/b": SHA_B.lower()}
     assert p.is_trusted(Path("/srv/app/lib/./a.so"))
     assert not p.is_trusted(Path("/srv/app/lib/b.so"))
 
@@ -119,13 +119,13 @@ def test_conflicting_hashes_are_an_error() -> None:
 def test_allowed_files_cover_their_subtree_with_or_without_slash() -> None:
     p = plan({"sgx": {"allowed_files": ["file:logs/", "file:/var/db", "dev:/dev/tty",
                                         "file:logs/"]}})
-    assert p.allowed == (BASE / "logs", Path("/var/db"), Path("/dev/tty"))
-    assert p.is_allowed(BASE / "logs")
-    assert p.is_allowed(BASE / "logs/a/b.txt")
+    assert p.allowed == (f"{BASE}/logs", "/var/db", "/dev/tty")
+    assert p.is_allowed(f"{BASE}/logs")
+    assert p.is_allowed(Path(BASE) / "logs/a/b.txt")  # (any path-like)
     assert p.is_allowed(Path("/var/db/x"))
     assert p.is_allowed(Path("/var/db"))
     assert not p.is_allowed(Path("/var/dbx"))
-    assert not p.is_allowed(BASE / "log")
+    assert not p.is_allowed(f"{BASE}/log")
     assert not p.is_allowed(Path("/var"))
 
 
@@ -145,7 +145,7 @@ def test_encrypted_mounts_keep_key_recovery_and_the_uri_path_as_written() -> Non
     ]}})
     enc, sealed, here = p.mounts[1:]
     assert (enc.type, enc.host, enc.key_name, enc.enable_recovery) == (
-        "encrypted", BASE / "enc" / "db", "default", False)
+        "encrypted", f"{BASE}/enc/db", "default", False)
     assert enc.uri_path == "./enc//db/"  # bound paths derive from the text, not the host path
     assert (sealed.key_name, sealed.enable_recovery, sealed.uri_path) == (
         "_sgx_mrenclave", True, "/var/sealed")
@@ -190,14 +190,14 @@ def test_root_mount_can_be_tmpfs_and_untrusted_shm_is_kept() -> None:
                      "mounts": [{"type": "untrusted_shm", "path": "/dev/shm",
                                  "uri": "dev:/dev/shm"}]}})
     assert (p.mounts[0].type, p.mounts[0].host) == ("tmpfs", None)
-    assert (p.mounts[1].type, p.mounts[1].host) == ("untrusted_shm", Path("/dev/shm"))
+    assert (p.mounts[1].type, p.mounts[1].host) == ("untrusted_shm", "/dev/shm")
 
 
 def test_relative_base_dir_is_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                             ) -> None:
     monkeypatch.chdir(tmp_path)
     p = ViewPlan.from_manifest({"fs": {"root": {"uri": "file:r"}}}, base_dir=Path("."))
-    assert p.mounts[0].host == tmp_path / "r"
+    assert p.mounts[0].host == str(tmp_path / "r")
 
 
 @pytest.mark.parametrize(("raw", "norm"), [

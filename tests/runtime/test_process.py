@@ -144,7 +144,7 @@ def test_argv_src_file_checked_against_trusted_hash(tmp_path: Path) -> None:
     data = serialize(["prog", "arg"])
     f = tmp_path / "argv"
     f.write_bytes(data)
-    good = {f: hashlib.sha256(data).hexdigest()}
+    good = {str(f): hashlib.sha256(data).hexdigest()}  # (keyed by host path strings)
     m = manifest(loader={"argv_src_file": f"file:{f}"})
     assert resolve_argv(m, [], base_dir=Path("/"), trusted=good) == ["prog", "arg"]
     f.write_bytes(serialize(["prog", "evil"]))

@@ -7,7 +7,6 @@ import hmac
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, cast
 
@@ -34,8 +33,8 @@ def _app_base(app: str) -> str:
 
 
 def load_for_run(
-    manifest_arg: Path | None, app: str | None
-) -> tuple[dict[str, Any], Path, EnclaveIdentity]:
+    manifest_arg: str | os.PathLike[str] | None, app: str | None
+) -> tuple[dict[str, Any], str, EnclaveIdentity]:
     """Find and verify the manifest to run.
 
     A signed pair ``APP.manifest.sgx`` + ``APP.sig`` is preferred and must verify (SIGSTRUCT,
@@ -48,45 +47,48 @@ def load_for_run(
     sig_struct = None
 
     if manifest_arg is not None:
-        name = str(manifest_arg)
-        if name.endswith(".manifest.sgx"):
-            sig = Path(name[: -len(".manifest.sgx")] + ".sig")
-            if not sig.exists():
-                raise GeodeError(f"signed manifest without its signature {sig}", where=name)
-            manifest, sig_struct = _check_signed(manifest_arg, sig)
+        path = os.fspath(manifest_arg)
+        if path.endswith(".manifest.sgx"):
+            sig = path[: -len(".manifest.sgx")] + ".sig"
+            if not os.path.exists(sig):
+                raise GeodeError(f"signed manifest without its signature {sig}", where=path)
+            manifest, sig_struct = _check_signed(path, sig)
         else:
-            manifest = build.load(manifest_arg)
-        path = manifest_arg
+            manifest = build.load(path)
     else:
         assert app is not None
         base = _app_base(app)
-        signed, sig = Path(base + ".manifest.sgx"), Path(base + ".sig")
-        plain = Path(base + ".manifest")
-        if signed.exists():
+        signed, sig = base + ".manifest.sgx", base + ".sig"
+        plain = base + ".manifest"
+        if os.path.exists(signed):
             # A signed manifest is never silently replaced by the unsigned one.
-            if not sig.exists():
+            if not os.path.exists(sig):
                 raise GeodeError(f"{signed} exists but its signature {sig} is missing")
             manifest, sig_struct = _check_signed(signed, sig)
             path = signed
-        elif plain.exists():
+        elif os.path.exists(plain):
             manifest = build.load(plain)
             path = plain
         else:
             raise GeodeError(f"no manifest for {app!r}: expected {plain} "
                              f"(or {signed} with {sig})")
-    schema.check(manifest, source=str(path))
+    schema.check(manifest, source=path)
     _check_runtime_pin(manifest, path)
-    measurement = sig_struct.enclave_hash if sig_struct else measure(path.read_bytes())
+    if sig_struct is not None:
+        measurement = sig_struct.enclave_hash
+    else:
+        with open(path, "rb") as f:
+            measurement = measure(f.read())
     return manifest, path, EnclaveIdentity(measurement, sig_struct, manifest)
 
 
-def _check_signed(manifest: Path, sig: Path) -> tuple[dict[str, Any], Sigstruct]:
+def _check_signed(manifest: str, sig: str) -> tuple[dict[str, Any], Sigstruct]:
     from geode.signing.sign import check_signed_manifest  # only signed manifests need it
 
     return check_signed_manifest(manifest, sig)
 
 
-def _check_runtime_pin(manifest: dict[str, Any], path: Path) -> None:
+def _check_runtime_pin(manifest: dict[str, Any], path: str) -> None:
     """``loader.entrypoint`` names the runtime identity file; its hash must be this runtime's."""
     from geode.measurement import runtime_identity
 
@@ -94,12 +96,12 @@ def _check_runtime_pin(manifest: dict[str, Any], path: Path) -> None:
     pinned = entry.get("sha256") if isinstance(entry, dict) else None
     if pinned is None:
         raise ManifestError("loader.entrypoint.sha256 is missing: render the manifest with "
-                            "gramine-manifest", where=str(path))
+                            "gramine-manifest", where=path)
     if not hmac.compare_digest(str(pinned), runtime_identity().hex()):
         raise ManifestError(
             "loader.entrypoint.sha256 does not match this Geode runtime's identity "
             f"({runtime_identity().hex()[:16]}...): re-render the manifest with this Geode",
-            where=str(path),
+            where=path,
         )
 
 
@@ -123,6 +125,7 @@ def choose_tee(manifest: dict[str, Any], requested: str | None) -> str:
 
 def _add_run(parser: argparse.ArgumentParser) -> None:
     import argparse
+    from pathlib import Path
 
     parser.add_argument("--manifest", type=Path,
                         help="manifest to run (default: APP.manifest.sgx + APP.sig, or "

@@ -5,13 +5,16 @@ Also loading and dumping of rendered manifests, shared by signing and the runtim
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from geode.errors import ManifestError
 from geode.manifest import schema, tomlio
 from geode.measurement import libos_path
+
+if TYPE_CHECKING:  # (a run loads manifests without pathlib)
+    from pathlib import Path
 
 
 def build(
@@ -24,6 +27,8 @@ def build(
     progress: bool | None = None,
 ) -> dict[str, Any]:
     """Render ``template`` and return the final manifest (defaults, hashes filled in)."""
+    from pathlib import Path
+
     from geode.manifest import render, trusted
 
     search_dirs = [Path(name).parent] if name != "<string>" else []
@@ -38,13 +43,15 @@ def build(
     return manifest
 
 
-def load(path: Path) -> dict[str, Any]:
+def load(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Parse a rendered manifest file; errors name the file and the line."""
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            data = f.read()
     except OSError as e:
-        raise ManifestError(f"cannot read manifest: {e.strerror}", where=str(path)) from None
-    return loads(data, name=str(path))
+        raise ManifestError(f"cannot read manifest: {e.strerror}", where=os.fspath(path)
+                            ) from None
+    return loads(data, name=os.fspath(path))
 
 
 def loads(data: bytes, *, name: str) -> dict[str, Any]:

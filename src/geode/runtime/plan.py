@@ -15,7 +15,8 @@ dict ``tomllib`` returns). Keys may be missing; they default as Gramine defaults
 Host paths are taken from ``file:`` URIs and normalized textually (``.`` and ``..`` folded,
 symlinks *not* resolved), relative URIs resolving against ``base_dir``: this is how Gramine
 keys trusted and allowed files, so a file reached through a chroot mount is trusted iff the
-mount's host path joined with the path inside the mount is a key of :attr:`ViewPlan.trusted`.
+mount's host path joined with the path inside the mount is a key of
+:attr:`ViewPlan.trusted_paths`.
 
 Mount semantics (Gramine's): mounts are applied in order, ``fs.root`` first. A later mount
 whose path is the same as, or an ancestor of, an earlier mount's path hides the earlier one
@@ -31,10 +32,10 @@ normalized text ``<uri_path>/<path inside the mount>``, not to an absolute host 
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
-from collections.abc import Iterator, Mapping
-from pathlib import Path
+from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
@@ -58,10 +59,6 @@ def normalize_view_path(path: str) -> str:
     return "/" + norm.lstrip("/")
 
 
-def _host_path(uri: str, base_dir: Path, where: str, *, schemes: tuple[str, ...]) -> Path:
-    return Path(_host_str(uri, str(base_dir), where, schemes=schemes))
-
-
 def _is_normal_abs(path: str) -> bool:
     """True if ``posixpath.normpath`` would return ``path`` unchanged (and it is absolute)."""
     return (path.startswith("/") and not path.startswith("//") and "//" not in path
@@ -70,7 +67,7 @@ def _is_normal_abs(path: str) -> bool:
 
 
 def _host_str(uri: str, base_dir: str, where: str, *, schemes: tuple[str, ...]) -> str:
-    """:func:`_host_path` as a string (a manifest may list ~10,000 trusted files)."""
+    """The normalized host path of ``uri`` (relative ones from ``base_dir``)."""
     scheme, sep, rest = uri.partition(":")
     if not sep or scheme not in schemes:
         wanted = " or ".join(f'"{s}:..."' for s in schemes)
@@ -88,25 +85,6 @@ def _host_str(uri: str, base_dir: str, where: str, *, schemes: tuple[str, ...]) 
     return norm
 
 
-class _PathKeyed(Mapping[Path, str]):
-    """A read-only ``Path -> sha256`` view of a ``str -> sha256`` table (no Path per entry)."""
-
-    def __init__(self, by_str: Mapping[str, str]) -> None:
-        self._by_str = by_str
-
-    def __getitem__(self, key: Path) -> str:
-        return self._by_str[str(key)]
-
-    def __contains__(self, key: object) -> bool:
-        return isinstance(key, Path) and str(key) in self._by_str
-
-    def __iter__(self) -> Iterator[Path]:
-        return (Path(k) for k in self._by_str)
-
-    def __len__(self) -> int:
-        return len(self._by_str)
-
-
 class Mount:
     """One entry of the mount table (``fs.root`` or an element of ``fs.mounts``).
 
@@ -117,7 +95,7 @@ class Mount:
     __slots__ = ("path", "type", "host", "options", "index", "key_name", "enable_recovery",
                  "uri_path")
 
-    def __init__(self, path: str, type: str, host: Path | None,
+    def __init__(self, path: str, type: str, host: str | None,
                  options: Mapping[str, Any] = MappingProxyType({}), index: int = 0,
                  key_name: str | None = None, enable_recovery: bool = False,
                  uri_path: str | None = None) -> None:
@@ -142,7 +120,7 @@ class Mount:
         return "fs.root" if self.index == 0 else f"fs.mounts[{self.index - 1}]"
 
 
-def _parse_mount(raw: object, index: int, base_dir: Path) -> Mount:
+def _parse_mount(raw: object, index: int, base_dir: str) -> Mount:
     where = "fs.root" if index == 0 else f"fs.mounts[{index - 1}]"
     if not isinstance(raw, Mapping):
         raise ManifestError(f"a mount must be a table, got {raw!r}", where=where)
@@ -160,7 +138,7 @@ def _parse_mount(raw: object, index: int, base_dir: Path) -> Mount:
             raise ManifestError("path contains a NUL byte", where=f"{where}.path")
         path = normalize_view_path(raw_path)
     uri = raw.get("uri", "file:." if index == 0 else None)
-    host: Path | None = None
+    host: str | None = None
     key_name: str | None = None
     recovery = False
     uri_path: str | None = None
@@ -169,7 +147,7 @@ def _parse_mount(raw: object, index: int, base_dir: Path) -> Mount:
             raise ManifestError("fs.root cannot be an encrypted mount", where=f"{where}.type")
         if not isinstance(uri, str):
             raise ManifestError("an encrypted mount needs a string 'uri'", where=f"{where}.uri")
-        host = _host_path(uri, base_dir, f"{where}.uri", schemes=("file",))
+        host = _host_str(uri, base_dir, f"{where}.uri", schemes=("file",))
         uri_path = uri.partition(":")[2] or "."
         key_name = raw.get("key_name", DEFAULT_KEY_NAME)
         if not isinstance(key_name, str) or key_name in ("", ".", "..") or "/" in key_name \
@@ -183,9 +161,9 @@ def _parse_mount(raw: object, index: int, base_dir: Path) -> Mount:
     elif mtype == "chroot":
         if not isinstance(uri, str):
             raise ManifestError("a chroot mount needs a string 'uri'", where=f"{where}.uri")
-        host = _host_path(uri, base_dir, f"{where}.uri", schemes=("file",))
+        host = _host_str(uri, base_dir, f"{where}.uri", schemes=("file",))
     elif mtype == "untrusted_shm" and isinstance(uri, str):
-        host = _host_path(uri, base_dir, f"{where}.uri", schemes=("dev", "file"))
+        host = _host_str(uri, base_dir, f"{where}.uri", schemes=("dev", "file"))
     return Mount(path=path, type=mtype, host=host, options=MappingProxyType(dict(raw)),
                  index=index, key_name=key_name, enable_recovery=recovery, uri_path=uri_path)
 
@@ -290,39 +268,36 @@ class ViewPlan(NamedTuple):
     mounts: tuple[Mount, ...]
     #: normalized absolute host path (as a string) -> sha256 hex
     trusted_paths: Mapping[str, str]
-    allowed: tuple[Path, ...]
+    #: normalized absolute host paths (as strings): each allows itself and what is below it
+    allowed: tuple[str, ...]
     file_check_policy: str = "strict"
     start_dir: str = "/"
-
-    @property
-    def trusted(self) -> Mapping[Path, str]:
-        """:attr:`trusted_paths` keyed by :class:`Path`."""
-        return _PathKeyed(self.trusted_paths)
 
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def from_manifest(cls, manifest: Mapping[str, Any], *, base_dir: Path) -> ViewPlan:
+    def from_manifest(cls, manifest: Mapping[str, Any], *,
+                      base_dir: str | os.PathLike[str]) -> ViewPlan:
         """Build the plan; raise :class:`ManifestError` naming the key for bad input."""
-        base_dir = Path(posixpath.normpath(str(Path(base_dir).absolute())))
+        base = posixpath.normpath(os.path.abspath(os.fspath(base_dir)))
         fs = _get_table(manifest, "fs")
         sgx = _get_table(manifest, "sgx")
 
         root_raw = fs.get("root", {"type": "chroot", "uri": "file:."})
-        mounts = [_parse_mount(root_raw, 0, base_dir)]
+        mounts = [_parse_mount(root_raw, 0, base)]
         raw_mounts = fs.get("mounts", [])
         if not isinstance(raw_mounts, list):
             raise ManifestError(f"expected an array, got {raw_mounts!r}", where="fs.mounts")
         for i, raw in enumerate(raw_mounts):
-            mounts.append(_parse_mount(raw, i + 1, base_dir))
+            mounts.append(_parse_mount(raw, i + 1, base))
 
         raw_trusted = sgx.get("trusted_files", [])
         if not isinstance(raw_trusted, list):
             raise ManifestError(f"expected an array, got {raw_trusted!r}",
                                 where="sgx.trusted_files")
-        trusted = _trusted_table(raw_trusted, str(base_dir))
+        trusted = _trusted_table(raw_trusted, base)
 
-        allowed: list[Path] = []
+        allowed: list[str] = []
         raw_allowed = sgx.get("allowed_files", [])
         if not isinstance(raw_allowed, list):
             raise ManifestError(f"expected an array, got {raw_allowed!r}",
@@ -331,7 +306,7 @@ class ViewPlan(NamedTuple):
             where = f"sgx.allowed_files[{i}]"
             if not isinstance(uri, str):
                 raise ManifestError(f"expected a URI string, got {uri!r}", where=where)
-            path = _host_path(uri, base_dir, where, schemes=("file", "dev"))
+            path = _host_str(uri, base, where, schemes=("file", "dev"))
             if path not in allowed:
                 allowed.append(path)
 
@@ -379,17 +354,17 @@ class ViewPlan(NamedTuple):
         rel = path[len(best.path):].lstrip("/")
         return best, rel
 
-    def host_path(self, view_path: str) -> Path | None:
+    def host_path(self, view_path: str) -> str | None:
         """Host path behind ``view_path`` if a chroot mount serves it, else None."""
         mount, rel = self.resolve(view_path)
         if mount.type != "chroot" or mount.host is None:
             return None
-        return mount.host / rel if rel else mount.host
+        return posixpath.join(mount.host, rel) if rel else mount.host
 
-    def is_trusted(self, host_path: Path) -> bool:
-        return posixpath.normpath(str(host_path)) in self.trusted_paths
+    def is_trusted(self, host_path: str | os.PathLike[str]) -> bool:
+        return posixpath.normpath(os.fspath(host_path)) in self.trusted_paths
 
-    def is_allowed(self, host_path: Path) -> bool:
+    def is_allowed(self, host_path: str | os.PathLike[str]) -> bool:
         """Gramine's rule: an allowed entry allows itself and everything below it."""
-        p = posixpath.normpath(str(host_path))
-        return any(_under(p, str(a)) for a in self.allowed)
+        p = posixpath.normpath(os.fspath(host_path))
+        return any(_under(p, a) for a in self.allowed)

@@ -54,7 +54,6 @@ import os
 import posixpath
 import re
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any, NamedTuple
 
 from geode.errors import ManifestError
@@ -172,26 +171,27 @@ def parse_serialized(data: bytes, *, key: str) -> list[str]:
     return [part.decode("utf-8", "surrogateescape") for part in data[:-1].split(b"\0")]
 
 
-def _uri_path(uri: str, base_dir: Path, key: str) -> Path:
+def _uri_path(uri: str, base_dir: str | os.PathLike[str], key: str) -> str:
     scheme, sep, rest = uri.partition(":")
     if not sep or scheme != "file":
         raise ManifestError(f'expected a "file:..." URI, got {uri!r}', where=key)
-    norm = posixpath.normpath(posixpath.join(str(base_dir), rest or "."))
-    return Path("/" + norm.lstrip("/"))
+    norm = posixpath.normpath(posixpath.join(os.fspath(base_dir), rest or "."))
+    return "/" + norm.lstrip("/")
 
 
 def _read_source_file(
     manifest: Mapping[str, Any],
     key: str,
-    base_dir: Path,
-    trusted: Mapping[Path, str] | None,
+    base_dir: str | os.PathLike[str],
+    trusted: Mapping[str, str] | None,
 ) -> list[str] | None:
     uri = _str(manifest, key)
     if uri is None:
         return None
     path = _uri_path(uri, base_dir, key)
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            data = f.read()
     except OSError as e:
         raise ManifestError(f"cannot read {path}: {e.strerror}", where=key) from None
     expected = None if trusted is None else trusted.get(path)
@@ -228,8 +228,8 @@ def resolve_argv(
     manifest: Mapping[str, Any],
     host_args: Sequence[str],
     *,
-    base_dir: Path,
-    trusted: Mapping[Path, str] | None = None,
+    base_dir: str | os.PathLike[str],
+    trusted: Mapping[str, str] | None = None,
 ) -> list[str]:
     """The program's argv (see the module docstring). ``host_args`` are the arguments given
     after the application name on the command line (without it)."""
@@ -382,8 +382,8 @@ def resolve_env(
     manifest: Mapping[str, Any],
     host_env: Mapping[str, str],
     *,
-    base_dir: Path,
-    trusted: Mapping[Path, str] | None = None,
+    base_dir: str | os.PathLike[str],
+    trusted: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """The program's environment: reads ``loader.env_src_file`` if set, then :func:`build_env`."""
     use_host = _bool(manifest, "loader.insecure__use_host_env")
@@ -494,9 +494,9 @@ def process_spec(
     manifest: Mapping[str, Any],
     host_args: Sequence[str],
     *,
-    base_dir: Path,
+    base_dir: str | os.PathLike[str],
     host_env: Mapping[str, str] | None = None,
-    trusted: Mapping[Path, str] | None = None,
+    trusted: Mapping[str, str] | None = None,
 ) -> ProcessSpec:
     """Everything needed to start the program. Reads ``argv_src_file``/``env_src_file`` (if the
     manifest names them); otherwise pure. Raises :class:`ManifestError` naming the key."""

@@ -46,18 +46,18 @@ def read_view_file(plan: ViewPlan, view_path: str, what: str) -> bytes:
     host = plan.host_path(view_path)
     if host is None:
         raise GeodeError(f"{what}={view_path}: not a file of a chroot mount")
-    trusted = plan.trusted_paths.get(str(host))
+    trusted = plan.trusted_paths.get(host)
     if trusted is None and not plan.is_allowed(host):
         raise GeodeError(f"{what}={view_path}: {host} is neither a trusted nor an allowed file")
     try:
-        data = host.read_bytes()
+        with open(host, "rb") as f:
+            data = f.read()
     except OSError as e:
-        raise GeodeError(f"{what}={view_path}: cannot read: {e.strerror}", where=str(host)
-                         ) from None
+        raise GeodeError(f"{what}={view_path}: cannot read: {e.strerror}", where=host) from None
     if trusted is not None and not hmac.compare_digest(hashlib.sha256(data).hexdigest(),
                                                        trusted):
         raise GeodeError(f"{what}={view_path}: the file does not match its trusted hash",
-                         where=str(host))
+                         where=host)
     return data
 
 

@@ -92,7 +92,6 @@ import signal
 import stat
 import struct
 from collections.abc import Iterable
-from pathlib import Path
 from typing import NamedTuple
 
 from geode.errors import GeodeError, ManifestError
@@ -389,7 +388,7 @@ def effective_limits(spec: ProcessSpec, ids: IdMapping) -> tuple[list[tuple[int,
             value = hard
         if res == resource.RLIMIT_NOFILE:
             with contextlib.suppress(OSError, ValueError):
-                nr_open = int(Path("/proc/sys/fs/nr_open").read_text())
+                nr_open = _read_int("/proc/sys/fs/nr_open", strict=True)
                 if value > nr_open:
                     warnings.append(f"{key}: {value} exceeds fs.nr_open {nr_open}; "
                                     f"using {nr_open}")
@@ -403,10 +402,14 @@ def effective_limits(spec: ProcessSpec, ids: IdMapping) -> tuple[list[tuple[int,
 # --------------------------------------------------------------------------------------------
 
 
-def _read_int(path: str) -> int | None:
+def _read_int(path: str, *, strict: bool = False) -> int | None:
+    """The integer a /proc or /sys file holds; None if it cannot be read (``strict``: raise)."""
     try:
-        return int(Path(path).read_text().strip())
+        with open(path) as f:
+            return int(f.read().strip())
     except (OSError, ValueError):
+        if strict:
+            raise
         return None
 
 

@@ -43,7 +43,6 @@ import select
 import signal
 import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import geode.log
@@ -338,8 +337,9 @@ def _view_for(plan: Any, manifest: Mapping[str, Any],
     return fs, fuse_root(viewfs.MOUNT_OPTIONS)
 
 
-def run(manifest: dict[str, Any], *, manifest_path: Path, host_args: list[str],
-        tee: str = "none", identity: Any = None, stats_file: Path | None = None) -> int:
+def run(manifest: dict[str, Any], *, manifest_path: str | os.PathLike[str],
+        host_args: list[str], tee: str = "none", identity: Any = None,
+        stats_file: str | os.PathLike[str] | None = None) -> int:
     """Run ``libos.entrypoint`` of the (already verified) rendered ``manifest`` in the shield.
 
     ``manifest_path`` locates the manifest; relative ``file:`` URIs resolve against its
@@ -351,11 +351,11 @@ def run(manifest: dict[str, Any], *, manifest_path: Path, host_args: list[str],
     ``stats_file`` receives the view's FUSE request counts as JSON when the program ends.
     """
     configure_logging(manifest)
-    base_dir = Path(os.path.abspath(manifest_path)).parent
+    base_dir = os.path.dirname(os.path.abspath(manifest_path))
     from geode.runtime.plan import ViewPlan
 
     plan = ViewPlan.from_manifest(manifest, base_dir=base_dir)
-    spec = process_spec(manifest, host_args, base_dir=base_dir, trusted=plan.trusted)
+    spec = process_spec(manifest, host_args, base_dir=base_dir, trusted=plan.trusted_paths)
     preflight(fuse=True)
     # Files appear owned by the program's user, as in Gramine (inode owner = current uid).
     from geode.tee import EnclaveIdentity, open_backend
@@ -392,10 +392,11 @@ def run(manifest: dict[str, Any], *, manifest_path: Path, host_args: list[str],
             geode.log.flush("geode")
 
 
-def _write_stats(fs: Any, path: Path) -> None:
+def _write_stats(fs: Any, path: str | os.PathLike[str]) -> None:
     import json
 
     try:
-        path.write_text(json.dumps(fs.report(), sort_keys=True) + "\n")
+        with open(path, "w") as f:
+            f.write(json.dumps(fs.report(), sort_keys=True) + "\n")
     except OSError as e:
         log.error("cannot write %s: %s", path, e.strerror)

@@ -111,7 +111,6 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 from geode.errors import GeodeError, ManifestError
@@ -2475,21 +2474,21 @@ def serve_fd(fs: ViewFS, fd: int, path: str = "/", *, threads: int = 4) -> None:
         session.serve(threads)
 
 
-def serve(fs: ViewFS, mountpoint: Path, *,
+def serve(fs: ViewFS, mountpoint: str | os.PathLike[str], *,
           ready: Callable[[], None] | None = None,
           options: Sequence[str] = MOUNT_OPTIONS) -> None:
     """Mount ``fs`` at ``mountpoint`` and serve it until it is unmounted (from outside, e.g.
     by :func:`geode.runtime.fuse.unmount`, or because ``ready`` raised)."""
-    mnt = Path(mountpoint)
-    if not mnt.is_dir():
-        raise GeodeError("mount point is not a directory", where=str(mnt))
+    mnt = os.fspath(mountpoint)
+    if not os.path.isdir(mnt):
+        raise GeodeError("mount point is not a directory", where=mnt)
     _raise_nofile_limit()
     source, fstype, flags, data = fuse.mount_args(options)
     try:
-        fd = fuse.mount(str(mnt), options=data, source=source, fstype=fstype, flags=flags)
+        fd = fuse.mount(mnt, options=data, source=source, fstype=fstype, flags=flags)
     except OSError as e:
         what = "/dev/fuse is missing" if not os.path.exists("/dev/fuse") else e.strerror
-        raise GeodeError(f"cannot mount the view with FUSE: {what}", where=str(mnt)) from None
+        raise GeodeError(f"cannot mount the view with FUSE: {what}", where=mnt) from None
     failure: list[BaseException] = []
 
     def run() -> None:
@@ -2509,18 +2508,18 @@ def serve(fs: ViewFS, mountpoint: Path, *,
             dev = os.stat(mnt).st_dev
         except OSError as e:
             servers.append((server, None, fd))
-            raise GeodeError(f"the view did not come up: {e.strerror}", where=str(mnt)) from None
+            raise GeodeError(f"the view did not come up: {e.strerror}", where=mnt) from None
         servers.append((server, dev, fd))
         tune_readahead(dev)
         for m in fs.own_connections:  # as geode run's sandbox does (unmounted with the view)
-            servers.append(_serve_own_connection(fs, str(mnt) + m.path, m.path, data, source,
+            servers.append(_serve_own_connection(fs, mnt + m.path, m.path, data, source,
                                                  fstype, flags))
         log.debug("view mounted at %s", mnt)
         if ready is not None:
             ready()
         server.join()
     finally:
-        fuse.unmount(str(mnt))  # lazily: the own connections' mounts go with it
+        fuse.unmount(mnt)  # lazily: the own connections' mounts go with it
         for thread, sdev, sfd in servers:
             thread.join(2.0)
             if thread.is_alive() and sdev is not None:  # files still open in the unmounted view
@@ -2572,6 +2571,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import json
     import signal
     import tomllib
+    from pathlib import Path
 
     p = argparse.ArgumentParser(
         prog="python -m geode.runtime.viewfs",

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import datetime
 import hmac
-from pathlib import Path
-from typing import Any, NamedTuple
+import os
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from geode.errors import GeodeError, SigningError
 from geode.formats import sigstruct
 from geode.manifest import build, schema
 from geode.measurement import measure
 from geode.signing.attributes import sgx_attributes
+
+if TYPE_CHECKING:  # (pathlib at runtime only where paths are built: not on a run's path)
+    from pathlib import Path
 
 
 class Signed(NamedTuple):
@@ -83,23 +86,27 @@ def sign_manifest(
 
 
 def _host_path(uri: str, chroot: Path | None) -> Path:
+    from pathlib import Path
+
     path = Path(uri.removeprefix("file:"))
     return chroot / path.relative_to("/") if chroot and path.is_absolute() else path
 
 
 def check_signed_manifest(
-    manifest_path: Path, sig_path: Path
+    manifest_path: str | os.PathLike[str], sig_path: str | os.PathLike[str]
 ) -> tuple[dict[str, Any], sigstruct.Sigstruct]:
     """Verify that ``sig_path`` signs exactly ``manifest_path`` under this Geode runtime."""
     try:
-        sig_bytes = sig_path.read_bytes()
-        data = manifest_path.read_bytes()
+        with open(sig_path, "rb") as f:
+            sig_bytes = f.read()
+        with open(manifest_path, "rb") as f:
+            data = f.read()
     except OSError as e:
         raise SigningError(f"cannot read: {e.strerror}", where=e.filename) from None
     result = sigstruct.verify(sig_bytes)
     if not result.ok:
         failed = "; ".join(f"{c.name}: {c.reason}" for c in result.failed)
-        raise SigningError(f"invalid SIGSTRUCT ({failed})", where=str(sig_path))
+        raise SigningError(f"invalid SIGSTRUCT ({failed})", where=os.fspath(sig_path))
     sig = result.sigstruct
     assert sig is not None
     expected = measure(data)
@@ -107,10 +114,11 @@ def check_signed_manifest(
         raise SigningError(
             f"measurement mismatch: signed {sig.enclave_hash.hex()}, manifest and runtime "
             f"measure {expected.hex()} (manifest changed, or a different Geode runtime)",
-            where=str(sig_path),
+            where=os.fspath(sig_path),
         )
-    manifest = build.loads(data, name=str(manifest_path))
+    manifest = build.loads(data, name=os.fspath(manifest_path))
     want = sgx_attributes(manifest).apply(sig)
     if want != sig:
-        raise SigningError("attributes or ISV ids differ from the manifest", where=str(sig_path))
+        raise SigningError("attributes or ISV ids differ from the manifest",
+                           where=os.fspath(sig_path))
     return manifest, sig
