@@ -45,6 +45,7 @@ def load_for_run(
     from geode.measurement import measure
 
     sig_struct = None
+    data = b""  # an unsigned manifest's bytes: parsed, then measured
 
     if manifest_arg is not None:
         path = os.fspath(manifest_arg)
@@ -54,7 +55,8 @@ def load_for_run(
                 raise GeodeError(f"signed manifest without its signature {sig}", where=path)
             manifest, sig_struct = _check_signed(path, sig)
         else:
-            manifest = build.load(path)
+            data = build.read(path)
+            manifest = build.loads(data, name=path)
     else:
         assert app is not None
         base = _app_base(app)
@@ -67,18 +69,15 @@ def load_for_run(
             manifest, sig_struct = _check_signed(signed, sig)
             path = signed
         elif os.path.exists(plain):
-            manifest = build.load(plain)
             path = plain
+            data = build.read(path)
+            manifest = build.loads(data, name=path)
         else:
             raise GeodeError(f"no manifest for {app!r}: expected {plain} "
                              f"(or {signed} with {sig})")
     schema.check(manifest, source=path)
     _check_runtime_pin(manifest, path)
-    if sig_struct is not None:
-        measurement = sig_struct.enclave_hash
-    else:
-        with open(path, "rb") as f:
-            measurement = measure(f.read())
+    measurement = sig_struct.enclave_hash if sig_struct is not None else measure(data)
     return manifest, path, EnclaveIdentity(measurement, sig_struct, manifest)
 
 

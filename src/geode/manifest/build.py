@@ -45,13 +45,17 @@ def build(
 
 def load(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Parse a rendered manifest file; errors name the file and the line."""
+    return loads(read(path), name=os.fspath(path))
+
+
+def read(path: str | os.PathLike[str]) -> bytes:
+    """A manifest file's bytes (what is parsed, and what is measured)."""
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            return f.read()
     except OSError as e:
         raise ManifestError(f"cannot read manifest: {e.strerror}", where=os.fspath(path)
                             ) from None
-    return loads(data, name=os.fspath(path))
 
 
 def loads(data: bytes, *, name: str) -> dict[str, Any]:
