@@ -387,12 +387,11 @@ def effective_limits(spec: ProcessSpec, ids: IdMapping) -> tuple[list[tuple[int,
                             f"using {hard}")
             value = hard
         if res == resource.RLIMIT_NOFILE:
-            with contextlib.suppress(OSError, ValueError):
-                nr_open = _read_int("/proc/sys/fs/nr_open", strict=True)
-                if value > nr_open:
-                    warnings.append(f"{key}: {value} exceeds fs.nr_open {nr_open}; "
-                                    f"using {nr_open}")
-                    value = nr_open
+            nr_open = _read_int("/proc/sys/fs/nr_open")
+            if nr_open is not None and value > nr_open:
+                warnings.append(f"{key}: {value} exceeds fs.nr_open {nr_open}; "
+                                f"using {nr_open}")
+                value = nr_open
         out.append((res, value))
     return out, warnings
 
@@ -402,14 +401,12 @@ def effective_limits(spec: ProcessSpec, ids: IdMapping) -> tuple[list[tuple[int,
 # --------------------------------------------------------------------------------------------
 
 
-def _read_int(path: str, *, strict: bool = False) -> int | None:
-    """The integer a /proc or /sys file holds; None if it cannot be read (``strict``: raise)."""
+def _read_int(path: str) -> int | None:
+    """The integer a /proc or /sys file holds; None if it cannot be read."""
     try:
         with open(path) as f:
             return int(f.read().strip())
     except (OSError, ValueError):
-        if strict:
-            raise
         return None
 
 
