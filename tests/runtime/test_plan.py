@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from geode.errors import ManifestError
 from geode.runtime.plan import ViewPlan, normalize_view_path
@@ -81,6 +83,21 @@ def test_later_mount_hides_earlier_mounts_below_it() -> None:
     m, rel = p.resolve("/usr/lib/libc.so.6")
     assert (m.host, rel) == ("/usr", "lib/libc.so.6")
     assert p.resolve("/x/y")[0].host == "/two"
+
+
+_SEGMENTS = st.sampled_from(["a", "b", "ab"])
+_VIEW_PATHS = st.lists(_SEGMENTS, max_size=3).map(lambda parts: "/" + "/".join(parts))
+
+
+@given(mount_paths=st.lists(_VIEW_PATHS, max_size=6), path=_VIEW_PATHS)
+def test_resolve_is_the_innermost_visible_mount(mount_paths: list[str], path: str) -> None:
+    """resolve (the last covering mount) agrees with its definition over visible_mounts."""
+    p = plan({"fs": {"mounts": [{"path": m, "uri": f"file:/h{i}"}
+                                for i, m in enumerate(mount_paths)]}})
+    covering = [m for m in p.visible_mounts
+                if path == m.path or m.path == "/" or path.startswith(m.path + "/")]
+    innermost = max(covering, key=lambda m: len(m.path))
+    assert p.resolve(path) == (innermost, path[len(innermost.path):].lstrip("/"))
 
 
 def test_trusted_files_keyed_by_normalized_host_path() -> None:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import mmap
 import os
 import stat
 import struct
@@ -454,8 +455,10 @@ class Session:
 
     def _read_loop(self) -> None:
         # One buffer per reader, reused: os.read would allocate (and fault in) a fresh
-        # max_write-sized object for every request.
-        fd, buf = self.fd, bytearray(self._bufsize)
+        # max_write-sized object for every request. An anonymous mapping rather than a
+        # bytearray, which would zero (and so fault in) all of its ~1 MiB at once: the kernel
+        # maps a page of it only when a request first reaches that far, and most are small.
+        fd, buf = self.fd, mmap.mmap(-1, self._bufsize)
         whole = memoryview(buf)
         spin, deadline = self.busy_poll_ns, 0
         waiter = None

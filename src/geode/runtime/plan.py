@@ -345,14 +345,14 @@ class ViewPlan(NamedTuple):
         The relative path has no leading slash; it is ``""`` for the mount point itself.
         """
         path = normalize_view_path(view_path)
-        best: Mount | None = None
-        for m in self.visible_mounts:
-            if _under(path, m.path) and (best is None or len(m.path) > len(best.path)):
-                best = m
-        if best is None:  # only possible if fs.root was hidden, which a mount at "/" does
-            raise ManifestError(f"no mount covers {path}")
-        rel = path[len(best.path):].lstrip("/")
-        return best, rel
+        # The last mount covering a path is the innermost visible one: a mount that hid it
+        # would be later and cover the path too, and a deeper one that covers the path is
+        # either hidden by it (if earlier) or later than it. (Runs for every prefetched
+        # library and root lookup: no visible_mounts, which is quadratic in the mounts.)
+        for m in reversed(self.mounts):
+            if _under(path, m.path):
+                return m, path[len(m.path):].lstrip("/")
+        raise ManifestError(f"no mount covers {path}")  # fs.root is at "/": unreachable
 
     def host_path(self, view_path: str) -> str | None:
         """Host path behind ``view_path`` if a chroot mount serves it, else None."""
