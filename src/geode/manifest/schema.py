@@ -29,7 +29,6 @@ This module is pure: no I/O, no printing.
 
 from __future__ import annotations
 
-import copy
 import datetime
 import re
 from collections.abc import Callable, Mapping
@@ -1346,6 +1345,8 @@ def apply_defaults(manifest: Mapping[str, Any], *, libos_uri: str) -> dict[str, 
     if not isinstance(manifest, dict):
         message = f"expected a table at the top level, got {_shown(manifest)}"
         raise ManifestError(message, where="manifest")
+    import copy  # (rendering only: a run never applies defaults)
+
     result: dict[str, Any] = copy.deepcopy(manifest)
     for key in KEYS:
         if not key.written:
