@@ -357,6 +357,34 @@ def test_encrypted_mount_is_served_on_its_own_write_back_connection(start_view: 
     assert stats["fsync"] == 51 and stats.get("setattr", 0) <= 10, stats
 
 
+def test_encrypted_files_have_no_set_id_bits_and_chown_needs_no_getattr(
+        start_view: StartView, base: Path) -> None:
+    """The view never shows or sets set-id bits on encrypted files, so an encrypted mount's
+    own connection tells the kernel it clears them itself: a chown (sqlite chowns every
+    journal it creates, as root) is then one SETATTR, without a GETATTR before it."""
+    view = start_view(manifest(enc()), base_dir=base)
+    f = view.mnt / "data" / "journal"
+    fd = os.open(f, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        assert os.write(fd, b"page") == 4
+        for _ in range(20):
+            os.fchown(fd, 0, 0)
+        os.fchmod(fd, 0o6755)
+        assert stat.S_IMODE(os.fstat(fd).st_mode) == 0o755
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    assert stat.S_IMODE(f.stat().st_mode) == 0o755
+    assert not (base / "data" / "journal").stat().st_mode & (stat.S_ISUID | stat.S_ISGID)
+    # set on the host, they stay invisible in the view
+    os.chmod(base / "data" / "journal", 0o6644)
+    assert stat.S_IMODE((view.mnt / "data" / "journal").stat().st_mode) & 0o6000 == 0
+    assert f.read_bytes() == b"page"
+    stats = view.stop()
+    assert stats.get("getattr", 0) < 5, stats
+    assert stats.get("setattr", 0) >= 21, stats
+
+
 def test_which_encrypted_mounts_get_a_connection_of_their_own(base: Path) -> None:
     """Only an encrypted mount of a host directory with no other mount below it: the others
     stay on the root connection (a file cannot be a FUSE root here, and a nested mount would

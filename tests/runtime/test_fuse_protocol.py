@@ -489,15 +489,17 @@ def test_init_flags_never_exceed_the_kernel_offer(raw: Harness) -> None:
     assert out["flags"] == F_ASYNC_READ | F_DO_READDIRPLUS
 
 
-@given(offered=st.integers(0, ALL_FLAGS), writeback=st.booleans())
-def test_init_flags_are_the_intersection(offered: int, writeback: bool) -> None:
-    harness = Harness(writeback_cache=writeback)
+@given(offered=st.integers(0, ALL_FLAGS), writeback=st.booleans(), killpriv=st.booleans())
+def test_init_flags_are_the_intersection(offered: int, writeback: bool, killpriv: bool) -> None:
+    harness = Harness(writeback_cache=writeback, handle_killpriv=killpriv)
     try:
         out = parse_init_out(harness.init(flags=offered))
     finally:
         harness.close()
-    want = SERVER_WANTS | (F_WRITEBACK_CACHE if writeback else 0)
+    want = (SERVER_WANTS | (F_WRITEBACK_CACHE if writeback else 0)
+            | (F_HANDLE_KILLPRIV_V2 if killpriv else 0))
     assert out["flags"] == offered & want
+    assert not out["flags"] & F_HANDLE_KILLPRIV  # (version 1 would also cover chown by root)
 
 
 def test_init_writeback_cache_when_asked() -> None:

@@ -80,6 +80,7 @@ WRITEBACK_CACHE = 1 << 16
 PARALLEL_DIROPS = 1 << 18
 MAX_PAGES = 1 << 22
 CACHE_SYMLINKS = 1 << 23
+HANDLE_KILLPRIV_V2 = 1 << 28
 INIT_EXT = 1 << 30
 
 # open_out flags
@@ -351,6 +352,10 @@ class Session:
     every write, and so sends the SETATTR that flushes them at most once a second rather
     than at every fsync and close.
 
+    ``handle_killpriv``: the file system clears set-user-ID and set-group-ID bits itself
+    (``FUSE_HANDLE_KILLPRIV_V2``). The kernel then no longer fetches a file's attributes
+    before each chown, truncate or write to find out whether there are bits to clear.
+
     ``busy_poll_us``: after each reply a reader keeps polling the device for that long
     before it sleeps. A request that follows its predecessor's reply closely (a program
     doing small synchronous I/O) is then picked up without waking a sleeping CPU, at the
@@ -360,11 +365,13 @@ class Session:
     def __init__(self, fd: int, ops: Operations, *, max_write: int = 1 << 20,
                  writeback_cache: bool = False, max_readahead: int = 1 << 20,
                  root: int = ROOT_INODE, lock: threading.Lock | None = None,
-                 busy_poll_us: int = 0, time_gran: int = 1) -> None:
+                 busy_poll_us: int = 0, time_gran: int = 1,
+                 handle_killpriv: bool = False) -> None:
         self.fd = fd
         self.ops = ops
         self.max_write = max_write
         self.writeback_cache = writeback_cache
+        self.handle_killpriv = handle_killpriv
         self.max_readahead = max_readahead
         self.root = root
         self.busy_poll_ns = busy_poll_us * 1000
@@ -558,6 +565,8 @@ class Session:
                 | ASYNC_DIO | PARALLEL_DIROPS | MAX_PAGES | CACHE_SYMLINKS)
         if self.writeback_cache:
             want |= WRITEBACK_CACHE
+        if self.handle_killpriv:
+            want |= HANDLE_KILLPRIV_V2
         self.flags = flags & want
         self.proto_minor = min(minor, KERNEL_MINOR)
         max_pages = (self.max_write + 4095) // 4096

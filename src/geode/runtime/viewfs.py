@@ -651,6 +651,8 @@ def _fail(err: int) -> fuse.FUSEError:
     return fuse.FUSEError(err)
 
 
+#: mode bits the view never shows or sets on encrypted files
+_SET_ID = stat.S_ISUID | stat.S_ISGID
 _HOST_OPEN_FLAGS = os.O_ACCMODE | os.O_APPEND | os.O_TRUNC | os.O_SYNC | os.O_DSYNC
 #: mount types served from a host directory (or file)
 _HOST_TYPES = ("chroot", "encrypted")
@@ -1225,8 +1227,14 @@ class ViewFS(fuse.Operations):
     def _encrypted_attr(self, node: Node, st: os.stat_result,
                         a: fuse.EntryAttributes) -> None:
         """Plaintext size; while the file is open, the modification time it had when opened
-        (the kernel drops the page cache of a file whose time changes; see encfs)."""
+        (the kernel drops the page cache of a file whose time changes; see encfs).
+
+        No set-user-ID or set-group-ID bits: the view never sets them on an encrypted file
+        and hides any the host set, so it has none to clear when the file is written,
+        truncated or chowned (what ``FUSE_HANDLE_KILLPRIV_V2`` promises the kernel).
+        """
         assert node.mount is not None
+        a.st_mode &= ~_SET_ID
         size = self.enc.plain_size(node.mount, node.rel, st)
         if size is None:  # key not set yet, or not authentic: ask again next time
             a.st_size = 0
@@ -2295,6 +2303,7 @@ class ViewFS(fuse.Operations):
         if node.kind is Kind.FILE and node.policy is Policy.ENCRYPTED:
             if fields.update_size:
                 self._truncate_encrypted(node, fh, attr.st_size)
+            attr.st_mode &= ~_SET_ID  # never set on encrypted files (see _encrypted_attr)
             if fields.update_mode or fields.update_atime or fields.update_mtime:
                 ef = self._open_enc(node, fh)
                 st: os.stat_result | None
@@ -2464,12 +2473,15 @@ def serve_fd(fs: ViewFS, fd: int, path: str = "/", *, threads: int = 4) -> None:
     (mounted on top of the view's mount point). Those are served with the kernel's
     write-back cache: it merges small writes into page-sized and larger WRITE requests and
     answers ``stat`` itself, which only a connection whose files change through it alone
-    (encrypted files) can allow.
+    (encrypted files) can allow. They also tell the kernel that the view clears set-id bits
+    itself (there never are any on encrypted files), which spares a GETATTR before each
+    chown (sqlite, as root, chowns every journal it creates).
     """
     own = path != "/"
     session = fuse.Session(fd, fs, root=fs.connection_root(path), writeback_cache=own,
                            lock=fs.lock, busy_poll_us=OWN_CONNECTION_POLL_US if own else 0,
-                           time_gran=OWN_CONNECTION_TIME_GRAN if own else 1)
+                           time_gran=OWN_CONNECTION_TIME_GRAN if own else 1,
+                           handle_killpriv=own)
     with fs.serving():
         session.serve(threads)
 

@@ -56,7 +56,7 @@ class ProtectedFile:
     def __init__(self, host: Host, kdk: bytes, name: str, *, readonly: bool,
                  cache_nodes: int, recovery: Host | None) -> None:
         self._host = host
-        self._kdk = kdk
+        self._kdf = L.MetadataKdf(kdk)
         self._name = name
         self._readonly = readonly
         self._recovery = recovery
@@ -144,7 +144,7 @@ class ProtectedFile:
                                   "its recovery file, opened writable")
             self._replay_recovery()
             return self._load(path)
-        plain = L.decrypt_node(L.derive_metadata_key(self._kdk, header.nonce),
+        plain = L.decrypt_node(self._kdf.derive(header.nonce),
                                L.encrypted_part(node0, header), header.mac)
         if plain is None:
             raise self._error(PfErrorKind.WRONG_KEY, "metadata does not authenticate: wrong "
@@ -559,7 +559,7 @@ class ProtectedFile:
             return
         try:
             blocks = self._encrypt_dirty() if self._root_dirty else []
-            metadata = L.seal_metadata(self._kdk, L.Fields(
+            metadata = self._kdf.seal(L.Fields(
                 self._path, self._size, self._root_key, self._root_mac, bytes(self._md)),
                 os.urandom(L.NONCE_SIZE))
             if self._recovery is not None:
@@ -625,7 +625,7 @@ class ProtectedFile:
         self._dirty_data.clear()
         self._dirty_mht.clear()
         self._root_dirty = False
-        blocks.sort(key=lambda item: item[0])
+        blocks.sort()  # by physical node: the numbers are unique, so no block is compared
         return blocks
 
     # --- recovery --------------------------------------------------------------------------------
@@ -671,7 +671,7 @@ class ProtectedFile:
         plain = None
         if header.file_id == L.FILE_ID and header.major in (L.MAJOR_VERSION,
                                                             L.MAJOR_VERSION_V1):
-            plain = L.decrypt_node(L.derive_metadata_key(self._kdk, header.nonce),
+            plain = L.decrypt_node(self._kdf.derive(header.nonce),
                                    L.encrypted_part(old_meta, header), header.mac)
         if plain is None or header.flags & L.FLAG_PENDING_WRITE:
             raise self._error(PfErrorKind.BAD_RECOVERY, "the metadata saved in the recovery "
