@@ -176,6 +176,19 @@ def test_gramine_vector_decrypts(v: dict[str, Any]) -> None:
     assert indep_decrypt(blob, key, v["pf_path"]) == plain
 
 
+@given(kdk=st.binary(min_size=16, max_size=16),
+       nonces=st.lists(st.binary(min_size=32, max_size=32), min_size=1, max_size=5))
+def test_one_keyed_kdf_derives_like_a_fresh_cmac_every_time(kdk: bytes,
+                                                            nonces: list[bytes]) -> None:
+    """MetadataKdf reuses one keyed CMAC: each derivation must equal the CMAC computed from
+    scratch, whatever was derived before it."""
+    kdf = L.MetadataKdf(kdk)
+    for nonce in nonces:
+        fresh = CMAC(algorithms.AES128(kdk))
+        fresh.update(L.kdf_input(nonce))
+        assert kdf.derive(nonce) == fresh.finalize() == L.derive_metadata_key(kdk, nonce)
+
+
 @pytest.mark.parametrize("v", GOOD, ids=[v["name"] for v in GOOD])
 def test_trace_matches_kdf_and_node_plaintexts(v: dict[str, Any]) -> None:
     """Gramine's own callback trace: KDF input/output, metadata and MHT plaintexts, node keys."""
