@@ -91,6 +91,8 @@ def in_shield(runs: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp) / "python"
         shutil.copytree(REPO / "examples" / "python", work)
+        # A developer's earlier build in examples/ would be copied too and look up to date.
+        subprocess.run(["make", "-s", "clean"], cwd=work, check=True, capture_output=True)
         (work / "scripts" / "bench_quote.py").write_text(SHIELD_SCRIPT)
         env = dict(os.environ, PATH=f"{bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}")
         subprocess.run(["make", "SGX=1", "RA_TYPE=dcap", "SGX_DEBUG=0"], cwd=work, env=env,

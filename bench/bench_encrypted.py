@@ -244,7 +244,9 @@ def run_sqlite(cmd: list[str], cwd: Path, workload: list[tuple[str, str]]) -> di
 def build_example(name: str, work: Path) -> Path:
     target = work / name
     shutil.copytree(REPO / "examples" / name, target)
-    subprocess.run(["make", "-s"], cwd=target, env=ENV, check=True, capture_output=True)
+    # A developer's earlier build in examples/ would be copied too and look up to date.
+    for args in (["make", "-s", "clean"], ["make", "-s"]):
+        subprocess.run(args, cwd=target, env=ENV, check=True, capture_output=True)
     return target
 
 

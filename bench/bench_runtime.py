@@ -83,6 +83,8 @@ def server(args: list[str], port: int, cwd: Path | None = None) -> Iterator[None
 def build(example: str, work: Path, *make_args: str) -> Path:
     d = work / example
     shutil.copytree(REPO / "examples" / example, d)
+    # A developer's earlier build in examples/ would be copied too and look up to date.
+    sh(["make", "-s", "clean"], cwd=d)
     sh(["make", "SGX=1", *make_args], cwd=d)
     return d
 

@@ -38,6 +38,9 @@ def run(
 def copy_example(name: str, dest: Path) -> Path:
     target = dest / name
     shutil.copytree(REPO / "examples" / name, target)
+    # A developer's earlier build in examples/ would be copied too and look up to date.
+    subprocess.run(["make", "-s", "clean"], cwd=target, check=True, capture_output=True,
+                   stdin=subprocess.DEVNULL)
     return target
 
 
