@@ -953,3 +953,26 @@ def test_listing_cookies_order_and_stability(names: list[str], more: list[str]) 
     if len(set(hashes)) == len(hashes):  # no collision: every old name keeps its cookie
         for n, c in zip((n for n, _ in grown.entries), grown.cookies, strict=True):
             assert cookie.get(n, c) == c
+
+
+_COMPONENT = st.sampled_from(["a", "b", "ab", "a.b"])
+_ABS_PATH = st.lists(_COMPONENT, max_size=4).map(lambda parts: "/" + "/".join(parts))
+
+
+@given(allowed=st.lists(_ABS_PATH, max_size=4), hosts=st.lists(_ABS_PATH, min_size=1))
+def test_the_view_allows_exactly_what_the_plan_allows(allowed: list[str],
+                                                      hosts: list[str]) -> None:
+    """The view's one-call check of allowed paths (on every lookup and listed entry) agrees
+    with the plan's rule: an allowed path allows itself and everything below it, "/a" not
+    "/ab"."""
+    from geode.runtime.plan import ViewPlan
+    from geode.runtime.viewfs import Policy, ViewFS
+
+    manifest: dict[str, Any] = {"sgx": {"allowed_files": [f"file:{p}" for p in allowed]}}
+    plan = ViewPlan.from_manifest(manifest, base_dir="/")
+    fs = ViewFS(plan, manifest)
+    try:
+        for host in hosts:
+            assert (fs.classify(host)[0] is Policy.ALLOWED) == plan.is_allowed(host), host
+    finally:
+        fs.close()

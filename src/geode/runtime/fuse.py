@@ -125,6 +125,9 @@ _STATFS_OUT = struct.Struct("<QQQQQIIII24x")
 _DIRENT_HEAD = struct.Struct("<QQII")
 #: fuse_direntplus without its name: fuse_entry_out (head and fuse_attr), then fuse_dirent
 _DIRENTPLUS = struct.Struct("<QQQQII" "QQQQQQIIIIIIIIII" "QQII")
+_DIRENTPLUS_SIZE = _DIRENTPLUS.size
+_PADDING = tuple(bytes(n) for n in range(8))  # a dirent's name is padded to 8 bytes
+_U64 = 0xFFFF_FFFF_FFFF_FFFF
 _NOTIFY_STORE = struct.Struct("<QQII")
 _NOTIFY_INVAL_INODE = struct.Struct("<Qqq")
 _NOTIFY_INVAL_ENTRY = struct.Struct("<QII")
@@ -246,10 +249,19 @@ def _ns(t: int) -> tuple[int, int]:
 
 
 def _timeout(seconds: float) -> tuple[int, int]:
-    if seconds <= 0:
-        return 0, 0
-    sec = int(seconds)
-    return sec, int((seconds - sec) * 1e9)
+    split = _TIMEOUTS.get(seconds)
+    if split is None:
+        if seconds <= 0:
+            split = (0, 0)
+        else:
+            sec = int(seconds)
+            split = (sec, int((seconds - sec) * 1e9))
+        if len(_TIMEOUTS) < 64:  # a file system uses a handful of timeouts
+            _TIMEOUTS[seconds] = split
+    return split
+
+
+_TIMEOUTS: dict[float, tuple[int, int]] = {}
 
 
 def _pack_attr(a: EntryAttributes) -> bytes:
@@ -270,15 +282,16 @@ def _pack_entry(a: EntryAttributes) -> bytes:
 
 def readdir_reply(token: ReaddirToken, name: bytes, attr: EntryAttributes, next_id: int) -> bool:
     """Add one entry; False (and nothing added) when the reply buffer is full."""
-    padded = (len(name) + 7) & ~7
-    size = _DIRENTPLUS.size + padded
+    namelen = len(name)
+    pad = -namelen & 7
+    size = _DIRENTPLUS_SIZE + namelen + pad
     if token.used + size > token.limit:
         return False
     a = attr
     ino = a.st_ino
-    kind = stat.S_IFMT(a.st_mode) >> 12
+    kind = (a.st_mode >> 12) & 0o17  # the S_IFMT bits, as a dirent's type
     if ino == 0:  # no inode for the kernel to remember: the generic layout
-        head = _pack_entry(a) + _DIRENT_HEAD.pack(0, next_id, len(name), kind)
+        head = _pack_entry(a) + _DIRENT_HEAD.pack(0, next_id, namelen, kind)
     else:
         # One pack per entry (this runs for every name of every directory listed), with the
         # fields _pack_entry, _pack_attr and _DIRENT_HEAD would give.
@@ -287,14 +300,15 @@ def readdir_reply(token: ReaddirToken, name: bytes, attr: EntryAttributes, next_
         at, atn = divmod(a.st_atime_ns, 1_000_000_000)
         mt, mtn = divmod(a.st_mtime_ns, 1_000_000_000)
         ct, ctn = divmod(a.st_ctime_ns, 1_000_000_000)
-        mask = 0xFFFF_FFFF_FFFF_FFFF
         head = _DIRENTPLUS.pack(
             ino, a.generation, ev, av, evn, avn,
-            ino, a.st_size, a.st_blocks, at & mask, mt & mask, ct & mask, atn, mtn, ctn,
+            ino, a.st_size, a.st_blocks, at & _U64, mt & _U64, ct & _U64, atn, mtn, ctn,
             a.st_mode, a.st_nlink, a.st_uid, a.st_gid, a.st_rdev, a.st_blksize, 0,
-            ino, next_id, len(name), kind)
-    token.parts.append(head)
-    token.parts.append(name + bytes(padded - len(name)))
+            ino, next_id, namelen, kind)
+    parts = token.parts
+    parts.append(head)
+    parts.append(name)
+    parts.append(_PADDING[pad])
     token.used += size
     return True
 

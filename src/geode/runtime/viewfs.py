@@ -688,6 +688,8 @@ class ViewFS(fuse.Operations):
         self._strict = plan.file_check_policy == "strict"
         self._trusted: Mapping[str, str] = plan.trusted_paths
         self._allowed: frozenset[str] = frozenset(str(p) for p in plan.allowed)
+        # What a path strictly below an allowed path starts with (paths are normalized).
+        self._allowed_below = tuple(p if p == "/" else p + "/" for p in self._allowed)
         self._start = time.time_ns()
         self._check_openat2()
 
@@ -947,15 +949,8 @@ class ViewFS(fuse.Operations):
     # ------------------------------------------------------------------ policy
 
     def _is_allowed(self, host: str) -> bool:
-        if not self._allowed:
-            return False
-        p = host
-        while True:
-            if p in self._allowed:
-                return True
-            if p == "/" or not p:
-                return False
-            p = posixpath.dirname(p)
+        """Is the normalized absolute ``host`` an allowed path or below one?"""
+        return host in self._allowed or host.startswith(self._allowed_below)
 
     def classify(self, host: str) -> tuple[Policy, str | None]:
         """Policy of a host path: allowed wins over trusted (Gramine), then the default."""
@@ -1524,11 +1519,22 @@ class ViewFS(fuse.Operations):
                 return
         cookies, entries = listing.cookies, listing.entries
         dirfd_cache: list[int] = []
+        mount, rel, vpath, ino = node.mount, node.rel, node.vpath, node.ino
+        found: tuple[Node, os.stat_result | None] | None
         try:
             for i in range(bisect.bisect_right(cookies, start_id), len(entries)):
                 name, info = entries[i]
                 try:
-                    found = self._materialize(node, name, info, dirfd_cache)
+                    if info == "host":  # most entries: _materialize's host case, inlined
+                        assert mount is not None
+                        if not dirfd_cache:
+                            dirfd_cache.append(self._dir_fd(node))
+                        st = os.stat(name, dir_fd=dirfd_cache[0], follow_symlinks=False)
+                        found = self._host_node(mount, _join_rel(rel, name),
+                                                _join_view(vpath, name), st, ino,
+                                                dirfd_cache[0])
+                    else:
+                        found = self._materialize(node, name, info, dirfd_cache)
                 except OSError:
                     continue
                 if found is None:
