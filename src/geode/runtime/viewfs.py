@@ -1482,23 +1482,17 @@ class ViewFS(fuse.Operations):
             node.listing_expiry = now + node.timeout
         return listing
 
-    def _materialize(self, parent: Node, name: str, info: Any,
-                     dirfd_cache: list[int]) -> tuple[Node, os.stat_result | None] | None:
+    def _materialize_virtual(self, parent: Node, name: str, info: Any
+                             ) -> tuple[Node, os.stat_result | None] | None:
+        """The node of a listed entry that is not a host entry (readdir does those)."""
         if isinstance(info, _VEntry):
             return self._vnode(_join_view(parent.vpath, name), info, parent.ino)
         if info == "keys" or info == "att":
             return self._child(parent, name)
-        if info == "key":
-            if name not in self.keys:
-                return None
-            return self._key_node(name, parent.ino), None
-        assert parent.mount is not None
-        if not dirfd_cache:
-            dirfd_cache.append(self._dir_fd(parent))
-        dirfd = dirfd_cache[0]
-        st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
-        return self._host_node(parent.mount, _join_rel(parent.rel, name),
-                               _join_view(parent.vpath, name), st, parent.ino, dirfd)
+        assert info == "key", info
+        if name not in self.keys:
+            return None
+        return self._key_node(name, parent.ino), None
 
     # No opendir/releasedir: the kernel opens directories without a message (see
     # geode.runtime.fuse), so a listing has no per-open state and resumes by cookie.
@@ -1525,7 +1519,7 @@ class ViewFS(fuse.Operations):
             for i in range(bisect.bisect_right(cookies, start_id), len(entries)):
                 name, info = entries[i]
                 try:
-                    if info == "host":  # most entries: _materialize's host case, inlined
+                    if info == "host":  # most entries, so with no call in between
                         assert mount is not None
                         if not dirfd_cache:
                             dirfd_cache.append(self._dir_fd(node))
@@ -1534,7 +1528,7 @@ class ViewFS(fuse.Operations):
                                                 _join_view(vpath, name), st, ino,
                                                 dirfd_cache[0])
                     else:
-                        found = self._materialize(node, name, info, dirfd_cache)
+                        found = self._materialize_virtual(node, name, info)
                 except OSError:
                     continue
                 if found is None:
