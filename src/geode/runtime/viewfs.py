@@ -248,18 +248,23 @@ def _pread_full(fd: int, size: int, offset: int) -> bytes:
     return b"".join(parts)
 
 
+def _lstat_in(dirfd: int, rel: str) -> os.stat_result:
+    """``lstat`` of ``rel`` resolved inside ``dirfd``: no symlink on the way leaves it."""
+    fd = openat2(dirfd, rel, os.O_PATH | os.O_NOFOLLOW)
+    try:
+        return os.fstat(fd)
+    finally:
+        os.close(fd)
+
+
 def _is_regular(root: _Root, rel: str) -> bool:
     """Whether ``rel`` of a mount is a regular file on the host (not following a final
     symlink), resolved inside the mount's host directory."""
     try:
-        fd = openat2(root.fd, rel, os.O_PATH | os.O_NOFOLLOW) if root.is_dir else \
-            os.open(root.host, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        st = _lstat_in(root.fd, rel) if root.is_dir else os.lstat(root.host)
     except OSError:
         return False
-    try:
-        return stat.S_ISREG(os.fstat(fd).st_mode)
-    finally:
-        os.close(fd)
+    return stat.S_ISREG(st.st_mode)
 
 
 class _BackgroundHash:
@@ -603,6 +608,12 @@ class _Listing:
             last = cookie if cookie > last else last + 1
             self.cookies.append(last)
             self.entries.append((name, info))
+
+
+def _file_key(dev: int, ino: int, sha: str | None) -> tuple[Any, ...]:
+    """Node key of a host file below a chroot mount: one node per inode and trusted hash
+    (a hard link listed with another hash is another file)."""
+    return ("f", dev, ino, sha)
 
 
 def _join_rel(rel: str, name: str) -> str:
@@ -1049,14 +1060,10 @@ class ViewFS(fuse.Operations):
             root = self._roots.get(m.index)
             if m.type in _HOST_TYPES and root is not None and root.is_dir:
                 try:
-                    fd = openat2(root.fd, rel, os.O_PATH | os.O_NOFOLLOW)
+                    st = _lstat_in(root.fd, rel)
                 except OSError:
                     pass
                 else:
-                    try:
-                        st = os.fstat(fd)
-                    finally:
-                        os.close(fd)
                     if stat.S_ISDIR(st.st_mode):
                         return self._dir_node(("d", m.index, st.st_dev, st.st_ino), vpath, m,
                                               rel, parent), st
@@ -1078,7 +1085,7 @@ class ViewFS(fuse.Operations):
         if m.type == "encrypted":
             return self._enc_node(m, rel, vpath, host, st, parent)
         policy, sha = self.classify(host)
-        key: tuple[Any, ...] = ("f", st.st_dev, st.st_ino, sha)
+        key = _file_key(st.st_dev, st.st_ino, sha)
         node = self._by_key.get(key)
         if node is None:
             node = self._register(Node(ino=self._ino_for(key), kind=Kind.FILE, vpath=vpath,
@@ -1213,11 +1220,7 @@ class ViewFS(fuse.Operations):
             if st is None:
                 raise _fail(errno.ENOENT)
             return st
-        fd = openat2(root.fd, node.rel, os.O_PATH | os.O_NOFOLLOW)
-        try:
-            return os.fstat(fd)
-        finally:
-            os.close(fd)
+        return _lstat_in(root.fd, node.rel)
 
     def _encrypted_attr(self, node: Node, st: os.stat_result,
                         a: fuse.EntryAttributes) -> None:
@@ -1327,15 +1330,11 @@ class ViewFS(fuse.Operations):
         root = self._roots[parent.mount.index]
         rel = _join_rel(parent.rel, name)
         try:
-            fd = openat2(root.fd, rel, os.O_PATH | os.O_NOFOLLOW)
+            st = _lstat_in(root.fd, rel)
         except OSError as e:
             if e.errno in (errno.ENOENT, errno.ENOTDIR):
                 return None
             raise
-        try:
-            st = os.fstat(fd)
-        finally:
-            os.close(fd)
         found = self._host_node(parent.mount, rel, vpath, st, parent.ino)
         if found is None:
             log.warning("hiding %s (host %s): special files are not passed through", vpath,
@@ -1654,7 +1653,7 @@ class ViewFS(fuse.Operations):
         st = os.fstat(fd)
         ident = (st.st_dev, st.st_ino)
         with self.lock:
-            node = self._by_key.get(("f", *ident, sha))
+            node = self._by_key.get(_file_key(*ident, sha))
             if st.st_size > STORE_MAX or ident in self._prefetched or (
                     node is not None and node.vstat is not None):
                 os.close(fd)
