@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -107,3 +110,48 @@ def test_measurement_depends_on_runtime_identity() -> None:
     assert measure(manifest, bytes(32)) != measure(manifest, b"\1" * 32)
     with pytest.raises(ValueError):
         measure(manifest, b"short")
+
+
+def _package(root: Path) -> None:
+    (root / "sub").mkdir(parents=True)
+    (root / "a.py").write_text("a = 1\n")
+    (root / "sub" / "b.py").write_text("b = 2\n")
+    (root / "sub" / "notes.txt").write_text("not code\n")
+
+
+def _hashed(root: Path) -> list[tuple[str, str]]:
+    return sorted((p.relative_to(root).as_posix(), hashlib.sha256(p.read_bytes()).hexdigest())
+                  for p in root.rglob("*.py"))
+
+
+def test_package_digests_are_remembered_and_follow_every_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The identity's file digests come from geode.cache while a file's size, times, inode
+    and device stay the same; a file rewritten with the same size and mtime is read again
+    (its ctime changed), and so are new files."""
+    from geode import measurement
+
+    root = tmp_path / "pkg"
+    _package(root)
+    monkeypatch.setattr(measurement, "_PACKAGE_ROOT", str(root))
+    assert measurement._package_files() == _hashed(root)
+    assert measurement._package_files() == _hashed(root)  # (from the cache)
+
+    a = root / "a.py"
+    before = a.stat()
+    a.write_text("a = 2\n")
+    os.utime(a, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert a.stat().st_size == before.st_size
+    (root / "sub" / "c.py").write_text("c = 3\n")
+    assert measurement._package_files() == _hashed(root)
+    (root / "sub" / "b.py").unlink()
+    assert measurement._package_files() == _hashed(root)
+
+
+def test_the_remembered_identity_is_the_computed_one(geode_env: dict[str, str]) -> None:
+    code = "from geode.measurement import runtime_identity_text as t; print(t(), end='')"
+    texts = [subprocess.run([sys.executable, "-c", code], env=dict(geode_env, **extra),
+                            capture_output=True, text=True, check=True).stdout
+             for extra in ({"GEODE_NO_CACHE": "1"}, {}, {})]
+    assert texts[0] == texts[1] == texts[2] == runtime_identity_text()

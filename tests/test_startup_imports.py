@@ -37,7 +37,7 @@ import os, sys, types
 from geode.cli import main
 main.build_parser("run")
 from geode.cli.run import load_for_run
-manifest, path, identity = load_for_run(None, "app")
+manifest, path, identity, trusted = load_for_run(None, "app")
 from geode.runtime.provision import provision_before_start
 spec = types.SimpleNamespace(env={"PATH": "/bin"})
 assert provision_before_start(spec, None, None, {}) is spec
@@ -46,7 +46,8 @@ if sys.argv[1] == "view":  # and the supervisor's view of it, with the "none" TE
     from geode.runtime.plan import ViewPlan
     from geode.tee import open_backend
 
-    plan = ViewPlan.from_manifest(manifest, base_dir=os.path.dirname(os.path.abspath(path)))
+    plan = ViewPlan.from_manifest(manifest, base_dir=os.path.dirname(os.path.abspath(path)),
+                                  trusted=trusted)
     viewfs.ViewFS(plan, manifest, tee=open_backend("none", identity)).close()
 print(" ".join(sorted(sys.modules)))
 """
@@ -103,6 +104,39 @@ def test_loading_a_manifest_imports_little(
     unwanted = [m for m in loaded
                 if any(m == name or m.startswith(name + ".") for name in names)]
     assert unwanted == []
+
+
+#: What a start whose manifest is remembered (geode.runtime.manifest_memo) does not load.
+NOT_ON_A_REMEMBERED_START = ("tomli", "tomllib", "geode.manifest.tomlio", "geode.manifest.schema",
+                             "datetime")
+
+
+@pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
+def test_a_remembered_manifest_is_neither_parsed_nor_checked(
+    tmp_path: Path, geode_env: dict[str, str], signed: bool
+) -> None:
+    """The first start of a manifest parses and checks it; the next ones take the result from
+    geode.cache and load neither the TOML parser nor the schema. Changing one byte of the
+    manifest makes the next start parse it again."""
+    (tmp_path / "app").write_bytes(b"#!/bin/sh\necho app\n")
+    (tmp_path / "app.manifest.template").write_text(TEMPLATE)
+    run(["gramine-manifest", "app.manifest.template", "app.manifest"], geode_env, cwd=tmp_path)
+    manifest = tmp_path / "app.manifest"
+    if signed:
+        run(["gramine-sgx-sign", "-q", "-m", "app.manifest", "-o", "app.manifest.sgx"],
+            geode_env, cwd=tmp_path)
+
+    def loaded() -> list[str]:
+        out = subprocess.run([sys.executable, "-c", LOAD, "load"], env=geode_env, cwd=tmp_path,
+                             capture_output=True, text=True, check=True).stdout
+        return [m for m in out.split() if m in NOT_ON_A_REMEMBERED_START]
+
+    assert "geode.manifest.schema" in loaded()
+    assert loaded() == []
+    if not signed:  # (a signed manifest's bytes cannot change without a new signature)
+        manifest.write_text(manifest.read_text() + "\n# changed\n")
+        assert "geode.manifest.schema" in loaded()
+        assert loaded() == []
 
 
 def test_a_run_loads_no_attestation_code_without_attestation_files(

@@ -6,9 +6,9 @@ import gc
 import hmac
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from geode.cli.common import Command
 from geode.errors import GeodeError, ManifestError
@@ -17,8 +17,6 @@ from geode.tee import EnclaveIdentity
 
 if TYPE_CHECKING:
     import argparse
-
-    from geode.formats.sigstruct import Sigstruct
 
 log = get_logger("geode")
 
@@ -32,31 +30,32 @@ def _app_base(app: str) -> str:
     return app
 
 
-def load_for_run(
-    manifest_arg: str | os.PathLike[str] | None, app: str | None
-) -> tuple[dict[str, Any], str, EnclaveIdentity]:
+class Loaded(NamedTuple):
+    """A manifest verified for a run."""
+
+    manifest: dict[str, Any]
+    path: str
+    identity: EnclaveIdentity
+    #: the view's table of trusted files (geode.runtime.plan.trusted_table)
+    trusted: Mapping[str, str]
+
+
+def load_for_run(manifest_arg: str | os.PathLike[str] | None, app: str | None) -> Loaded:
     """Find and verify the manifest to run.
 
     A signed pair ``APP.manifest.sgx`` + ``APP.sig`` is preferred and must verify (SIGSTRUCT,
     measurement under this runtime, attributes); otherwise the plain ``APP.manifest`` is used,
     as gramine-direct does. An explicit ``--manifest X.manifest.sgx`` needs its ``.sig``.
+    Parsing and checking the bytes is remembered across runs
+    (:mod:`geode.runtime.manifest_memo`); every verification is done on the bytes read now.
     """
-    from geode.manifest import build, schema
-    from geode.measurement import measure
-
-    sig_struct = None
-    data = b""  # an unsigned manifest's bytes: parsed, then measured
-
     if manifest_arg is not None:
         path = os.fspath(manifest_arg)
+        sig: str | None = None
         if path.endswith(".manifest.sgx"):
             sig = path[: -len(".manifest.sgx")] + ".sig"
             if not os.path.exists(sig):
                 raise GeodeError(f"signed manifest without its signature {sig}", where=path)
-            manifest, sig_struct = _check_signed(path, sig)
-        else:
-            data = build.read(path)
-            manifest = build.loads(data, name=path)
     else:
         assert app is not None
         base = _app_base(app)
@@ -66,25 +65,34 @@ def load_for_run(
             # A signed manifest is never silently replaced by the unsigned one.
             if not os.path.exists(sig):
                 raise GeodeError(f"{signed} exists but its signature {sig} is missing")
-            manifest, sig_struct = _check_signed(signed, sig)
             path = signed
         elif os.path.exists(plain):
-            path = plain
-            data = build.read(path)
-            manifest = build.loads(data, name=path)
+            path, sig = plain, None
         else:
             raise GeodeError(f"no manifest for {app!r}: expected {plain} "
                              f"(or {signed} with {sig})")
-    schema.check(manifest, source=path)
+    from geode.runtime.manifest_memo import parse_for_run
+
+    base_dir = os.path.dirname(os.path.abspath(path))
+    if sig is None:
+        from geode.manifest import build
+        from geode.measurement import measure
+
+        data = build.read(path)
+        manifest, trusted = parse_for_run(data, source=path, base_dir=base_dir)
+        _check_runtime_pin(manifest, path)
+        return Loaded(manifest, path, EnclaveIdentity(measure(data), None, manifest), trusted)
+
+    # Only signed manifests need these.
+    from geode.signing.sign import check_attributes, read_signed, verify_signature
+
+    data, sig_bytes = read_signed(path, sig)
+    sig_struct = verify_signature(data, sig_bytes, sig_path=sig)
+    manifest, trusted = parse_for_run(data, source=path, base_dir=base_dir)
+    check_attributes(manifest, sig_struct, sig_path=sig)
     _check_runtime_pin(manifest, path)
-    measurement = sig_struct.enclave_hash if sig_struct is not None else measure(data)
-    return manifest, path, EnclaveIdentity(measurement, sig_struct, manifest)
-
-
-def _check_signed(manifest: str, sig: str) -> tuple[dict[str, Any], Sigstruct]:
-    from geode.signing.sign import check_signed_manifest  # only signed manifests need it
-
-    return check_signed_manifest(manifest, sig)
+    return Loaded(manifest, path, EnclaveIdentity(sig_struct.enclave_hash, sig_struct, manifest),
+                  trusted)
 
 
 def _check_runtime_pin(manifest: dict[str, Any], path: str) -> None:
@@ -149,17 +157,18 @@ def _run(args: argparse.Namespace) -> int:
     owns_process = not gc.isenabled()
     gc.disable()
     try:
-        manifest, path, identity = load_for_run(args.manifest, args.app)
+        loaded = load_for_run(args.manifest, args.app)
     finally:
         if owns_process:
             gc.freeze()
         gc.enable()
+    manifest = loaded.manifest
     tee = choose_tee(manifest, args.tee)
     insecure = insecure_settings(manifest)
     if insecure and manifest.get("loader", {}).get("log_level", "error") != "none":
         print(banner_text(insecure), file=sys.stderr)
-    return run(manifest, manifest_path=path, host_args=list(args.args), tee=tee,
-               identity=identity, stats_file=args.stats_file)
+    return run(manifest, manifest_path=loaded.path, host_args=list(args.args), tee=tee,
+               identity=loaded.identity, stats_file=args.stats_file, trusted=loaded.trusted)
 
 
 RUN = Command("run", "run a program inside its manifest's shield (gramine-direct)", _add_run,

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from geode.manifest.schema import value_at
+from geode.manifest.lookup import value_at
 
 __all__ = ["banner_text", "insecure_settings"]
 

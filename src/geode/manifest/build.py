@@ -10,7 +10,6 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from geode.errors import ManifestError
-from geode.manifest import schema, tomlio
 from geode.measurement import libos_path
 
 if TYPE_CHECKING:  # (a run loads manifests without pathlib)
@@ -29,7 +28,7 @@ def build(
     """Render ``template`` and return the final manifest (defaults, hashes filled in)."""
     from pathlib import Path
 
-    from geode.manifest import render, trusted
+    from geode.manifest import render, schema, trusted
 
     search_dirs = [Path(name).parent] if name != "<string>" else []
     text = render.render(template, defines=defines, name=name, search_dirs=search_dirs)
@@ -59,6 +58,9 @@ def read(path: str | os.PathLike[str]) -> bytes:
 
 
 def loads(data: bytes, *, name: str) -> dict[str, Any]:
+    # (the parser is loaded here: a start whose manifest is remembered reads it, parses not)
+    from geode.manifest import tomlio
+
     try:
         return tomlio.loads(data.decode("utf-8"))
     except UnicodeDecodeError as e:

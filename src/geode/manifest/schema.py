@@ -141,16 +141,6 @@ def _size_problem(value: object) -> tuple[int, None] | tuple[None, str]:
     return size, None
 
 
-def value_at(manifest: Mapping[str, Any], dotted: str) -> Any:
-    """The value at a dotted key (``"sgx.debug"``), or None where any part is missing."""
-    node: Any = manifest
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def parse_size(value: str | int, *, key: str) -> int:
     """Parse a Gramine size string (``"256M"``) into bytes.
 

@@ -262,6 +262,21 @@ def _trusted_table_fast(raw_trusted: list[Any], base_str: str) -> dict[str, str]
     return trusted
 
 
+def _base_str(base_dir: str | os.PathLike[str]) -> str:
+    return posixpath.normpath(os.path.abspath(os.fspath(base_dir)))
+
+
+def trusted_table(manifest: Mapping[str, Any], base_dir: str | os.PathLike[str]
+                  ) -> dict[str, str]:
+    """``sgx.trusted_files`` of ``manifest`` as normalized host path -> lowercase sha256,
+    relative URIs taken from ``base_dir``; :class:`ManifestError` for a bad entry."""
+    raw_trusted = _get_table(manifest, "sgx").get("trusted_files", [])
+    if not isinstance(raw_trusted, list):
+        raise ManifestError(f"expected an array, got {raw_trusted!r}",
+                            where="sgx.trusted_files")
+    return _trusted_table(raw_trusted, _base_str(base_dir))
+
+
 class ViewPlan(NamedTuple):
     """Mount table and file policy of a view; see the module docstring."""
 
@@ -277,11 +292,15 @@ class ViewPlan(NamedTuple):
 
     @classmethod
     def from_manifest(cls, manifest: Mapping[str, Any], *,
-                      base_dir: str | os.PathLike[str]) -> ViewPlan:
-        """Build the plan; raise :class:`ManifestError` naming the key for bad input."""
-        base = posixpath.normpath(os.path.abspath(os.fspath(base_dir)))
+                      base_dir: str | os.PathLike[str],
+                      trusted: Mapping[str, str] | None = None) -> ViewPlan:
+        """Build the plan; raise :class:`ManifestError` naming the key for bad input.
+
+        ``trusted``, if given, is ``trusted_table(manifest, base_dir)`` computed before (a
+        start takes it from :mod:`geode.runtime.manifest_memo`).
+        """
+        base = _base_str(base_dir)
         fs = _get_table(manifest, "fs")
-        sgx = _get_table(manifest, "sgx")
 
         root_raw = fs.get("root", {"type": "chroot", "uri": "file:."})
         mounts = [_parse_mount(root_raw, 0, base)]
@@ -291,11 +310,9 @@ class ViewPlan(NamedTuple):
         for i, raw in enumerate(raw_mounts):
             mounts.append(_parse_mount(raw, i + 1, base))
 
-        raw_trusted = sgx.get("trusted_files", [])
-        if not isinstance(raw_trusted, list):
-            raise ManifestError(f"expected an array, got {raw_trusted!r}",
-                                where="sgx.trusted_files")
-        trusted = _trusted_table(raw_trusted, base)
+        if trusted is None:
+            trusted = trusted_table(manifest, base_dir)
+        sgx = _get_table(manifest, "sgx")
 
         allowed: list[str] = []
         raw_allowed = sgx.get("allowed_files", [])

@@ -58,7 +58,7 @@ from typing import Any, NamedTuple
 
 from geode.errors import ManifestError
 from geode.log import get_logger
-from geode.manifest.schema import value_at
+from geode.manifest.lookup import value_at
 
 __all__ = [
     "DEFAULT_ENCLAVE_SIZE",

@@ -339,7 +339,8 @@ def _view_for(plan: Any, manifest: Mapping[str, Any],
 
 def run(manifest: dict[str, Any], *, manifest_path: str | os.PathLike[str],
         host_args: list[str], tee: str = "none", identity: Any = None,
-        stats_file: str | os.PathLike[str] | None = None) -> int:
+        stats_file: str | os.PathLike[str] | None = None,
+        trusted: Mapping[str, str] | None = None) -> int:
     """Run ``libos.entrypoint`` of the (already verified) rendered ``manifest`` in the shield.
 
     ``manifest_path`` locates the manifest; relative ``file:`` URIs resolve against its
@@ -349,12 +350,14 @@ def run(manifest: dict[str, Any], *, manifest_path: str | os.PathLike[str],
     ``identity`` (a :class:`geode.tee.EnclaveIdentity`; default: the measurement of the
     manifest's TOML serialization, unsigned) is what the ``tee`` backend binds evidence and keys to.
     ``stats_file`` receives the view's FUSE request counts as JSON when the program ends.
+    ``trusted``, if given, is the plan's table of trusted files for this manifest, computed
+    before (:func:`geode.runtime.plan.trusted_table`).
     """
     configure_logging(manifest)
     base_dir = os.path.dirname(os.path.abspath(manifest_path))
     from geode.runtime.plan import ViewPlan
 
-    plan = ViewPlan.from_manifest(manifest, base_dir=base_dir)
+    plan = ViewPlan.from_manifest(manifest, base_dir=base_dir, trusted=trusted)
     spec = process_spec(manifest, host_args, base_dir=base_dir, trusted=plan.trusted_paths)
     preflight(fuse=True)
     # Files appear owned by the program's user, as in Gramine (inode owner = current uid).

@@ -7,18 +7,18 @@ measurement of the manifest bytes, attributes and ISV ids equal to the manifest'
 
 from __future__ import annotations
 
-import datetime
 import hmac
 import os
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from geode.errors import GeodeError, SigningError
 from geode.formats import sigstruct
-from geode.manifest import build, schema
 from geode.measurement import measure
 from geode.signing.attributes import sgx_attributes
 
-if TYPE_CHECKING:  # (pathlib at runtime only where paths are built: not on a run's path)
+if TYPE_CHECKING:  # (pathlib and datetime at runtime only where signing needs them: a
+    # run's checks of a signed manifest do not)
+    import datetime
     from pathlib import Path
 
 
@@ -31,6 +31,8 @@ class Signed(NamedTuple):
 
 def parse_date(text: str) -> datetime.date:
     """``YYYY-MM-DD`` or ``today``, as Gramine's ``--date``."""
+    import datetime
+
     if text == "today":
         return datetime.date.today()
     try:
@@ -58,9 +60,9 @@ def sign_manifest(
     progress: bool | None = None,
 ) -> Signed:
     """Write ``output`` (.manifest.sgx) and the .sig; both or neither."""
-    # Imported here: check_signed_manifest, on every run's path, needs neither.
+    # Imported here: a run's checks of a signed manifest need none of these.
     from geode.fsutil import output_files
-    from geode.manifest import trusted
+    from geode.manifest import build, schema, trusted
     from geode.signing.keys import load_private_key
 
     manifest = build.load(manifest_path)
@@ -69,6 +71,8 @@ def sign_manifest(
     trusted.expand_trusted_files(manifest, chroot=chroot, progress=progress)
     data = build.dumps(manifest)
     key = load_private_key(key_path, passphrase)
+    import datetime
+
     day = date or datetime.date.today()
     unsigned = sgx_attributes(manifest).apply(
         sigstruct.Sigstruct(
@@ -96,6 +100,18 @@ def check_signed_manifest(
     manifest_path: str | os.PathLike[str], sig_path: str | os.PathLike[str]
 ) -> tuple[dict[str, Any], sigstruct.Sigstruct]:
     """Verify that ``sig_path`` signs exactly ``manifest_path`` under this Geode runtime."""
+    from geode.manifest import build
+
+    data, sig_bytes = read_signed(manifest_path, sig_path)
+    sig = verify_signature(data, sig_bytes, sig_path=os.fspath(sig_path))
+    manifest = build.loads(data, name=os.fspath(manifest_path))
+    check_attributes(manifest, sig, sig_path=os.fspath(sig_path))
+    return manifest, sig
+
+
+def read_signed(manifest_path: str | os.PathLike[str], sig_path: str | os.PathLike[str]
+                ) -> tuple[bytes, bytes]:
+    """The bytes of a signed manifest and of its .sig."""
     try:
         with open(sig_path, "rb") as f:
             sig_bytes = f.read()
@@ -103,10 +119,16 @@ def check_signed_manifest(
             data = f.read()
     except OSError as e:
         raise SigningError(f"cannot read: {e.strerror}", where=e.filename) from None
+    return data, sig_bytes
+
+
+def verify_signature(data: bytes, sig_bytes: bytes, *, sig_path: str) -> sigstruct.Sigstruct:
+    """The SIGSTRUCT ``sig_bytes`` if it is validly signed and its ENCLAVEHASH is the
+    measurement of the manifest bytes ``data`` under this runtime."""
     result = sigstruct.verify(sig_bytes)
     if not result.ok:
         failed = "; ".join(f"{c.name}: {c.reason}" for c in result.failed)
-        raise SigningError(f"invalid SIGSTRUCT ({failed})", where=os.fspath(sig_path))
+        raise SigningError(f"invalid SIGSTRUCT ({failed})", where=sig_path)
     sig = result.sigstruct
     assert sig is not None
     expected = measure(data)
@@ -114,11 +136,13 @@ def check_signed_manifest(
         raise SigningError(
             f"measurement mismatch: signed {sig.enclave_hash.hex()}, manifest and runtime "
             f"measure {expected.hex()} (manifest changed, or a different Geode runtime)",
-            where=os.fspath(sig_path),
+            where=sig_path,
         )
-    manifest = build.loads(data, name=os.fspath(manifest_path))
-    want = sgx_attributes(manifest).apply(sig)
-    if want != sig:
-        raise SigningError("attributes or ISV ids differ from the manifest",
-                           where=os.fspath(sig_path))
-    return manifest, sig
+    return sig
+
+
+def check_attributes(manifest: dict[str, Any], sig: sigstruct.Sigstruct, *,
+                     sig_path: str) -> None:
+    """The SIGSTRUCT's attributes and ISV ids must be those the manifest asks for."""
+    if sgx_attributes(manifest).apply(sig) != sig:
+        raise SigningError("attributes or ISV ids differ from the manifest", where=sig_path)
