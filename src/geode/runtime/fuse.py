@@ -424,7 +424,10 @@ class Session:
         """Handle requests until the connection ends, with up to ``max_threads`` readers."""
         self._max_threads = max(1, max_threads)
         with self.lock:
-            self._spawn()
+            self._threads += 1
+        # The calling thread is the first reader (a thread of its own cost ~1 ms of every
+        # start); it leaves the loop early if it is surplus, so wait for the end here.
+        self._worker()
         self._ended.wait()
         if self._failure is not None:
             raise self._failure

@@ -86,6 +86,7 @@ import _socket
 import contextlib
 import ctypes
 import fcntl
+import functools
 import os
 import resource
 import signal
@@ -239,6 +240,30 @@ def _close_fds_except(keep: Iterable[int]) -> None:
                 os.close(fd)
 
 
+def _prepare_children() -> None:
+    """Work every helper would repeat, done once in S before it forks them (~1-2 ms each
+    on the start-up path): resolving the C library functions they call, and finding the
+    argument area :func:`_set_title` overwrites (a forked child has the same addresses)."""
+    for name in ("unshare", "prctl", "mount", "umount2", "syscall", "personality"):
+        getattr(_libc, name)  # (a CDLL resolves a function at its first use, then keeps it)
+    _title_area()
+
+
+@functools.cache
+def _title_area() -> tuple[int, int] | None:
+    """(start, end) of this process's command-line area, from /proc/self/stat."""
+    try:
+        fd = os.open("/proc/self/stat", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            data = os.read(fd, 4096)
+        finally:
+            os.close(fd)
+        fields = data[data.rindex(b")") + 2:].split()
+        return int(fields[45]), int(fields[46])  # arg_start, arg_end (fields 48, 49)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _set_title(title: str) -> None:
     """Replace what ``/proc/PID/cmdline`` and ``comm`` show for this process (they would
     otherwise show the supervisor's command line, a host detail, to the program)."""
@@ -247,13 +272,10 @@ def _set_title(title: str) -> None:
         buf = ctypes.create_string_buffer(raw[:15])
         _libc.prctl(ctypes.c_int(PR_SET_NAME), buf, ctypes.c_ulong(0), ctypes.c_ulong(0),
                     ctypes.c_ulong(0))
-    try:
-        with open("/proc/self/stat", "rb") as f:
-            data = f.read()
-        fields = data[data.rindex(b")") + 2:].split()
-        start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (fields 48, 49)
-    except (OSError, ValueError, IndexError):
+    area = _title_area()
+    if area is None:
         return
+    start, end = area
     size = end - start
     if size <= 2:
         return
@@ -895,6 +917,7 @@ class Sandbox:
     # ---------------------------------------------------------------- start / handshake
 
     def start(self) -> None:
+        _prepare_children()
         parent, child = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
         supervisor = os.getpid()
         pid = os.fork()
