@@ -54,8 +54,8 @@ def test_what_is_remembered_is_what_was_parsed(manifest: dict[str, Any]) -> None
         table = trusted_table(manifest, BASE)
     except ManifestError:  # (one path drawn twice, with different hashes)
         reject()
-    encoded = manifest_memo._encode(manifest, table)
-    got = manifest_memo._decode(_stored(encoded))
+    encoded = manifest_memo._encode(manifest, table, BASE)
+    got = manifest_memo._decode(_stored(encoded), BASE)
     assert got is not None
     got_manifest, got_table = got
     assert got_manifest == manifest
@@ -70,7 +70,7 @@ def test_what_is_remembered_is_what_was_parsed(manifest: dict[str, Any]) -> None
                                    (manifest_memo._FORMAT, {}, ["file:/a"], [], None),
                                    (manifest_memo._FORMAT, {"sgx": []}, ["file:/a"], ["a"], None)])
 def test_anything_else_is_not_taken(value: Any) -> None:
-    assert manifest_memo._decode(value) is None
+    assert manifest_memo._decode(value, BASE) is None
 
 
 TEMPLATE = """\

@@ -51,7 +51,7 @@ def parse_for_run(data: bytes, *, source: str, base_dir: str | os.PathLike[str]
         "\0".join((_FORMAT, _parser(), base)).encode("utf-8", "surrogateescape")
         + b"\0" + runtime_identity() + hashlib.sha256(data).digest()
     ).digest()
-    remembered = _decode(cache.get(_KIND, key))
+    remembered = _decode(cache.get(_KIND, key), base)
     if remembered is not None:
         return remembered
 
@@ -62,7 +62,7 @@ def parse_for_run(data: bytes, *, source: str, base_dir: str | os.PathLike[str]
     schema.check(manifest, source=source)
     trusted = trusted_table(manifest, base)
     # (encoded now: the caller may change the manifest)
-    cache.put(_KIND, key, _encode(manifest, trusted), keep=_KEEP)
+    cache.put(_KIND, key, _encode(manifest, trusted, base), keep=_KEEP)
     return manifest, trusted
 
 
@@ -81,7 +81,7 @@ def _parser() -> str:
     return f"tomli {spec.origin} {st.st_size} {st.st_mtime_ns} {st.st_ino}"
 
 
-def _encode(manifest: dict[str, Any], trusted: dict[str, str]) -> tuple[Any, ...]:
+def _encode(manifest: dict[str, Any], trusted: dict[str, str], base: str) -> tuple[Any, ...]:
     sgx = manifest.get("sgx")
     entries = sgx.get("trusted_files") if isinstance(sgx, dict) else None
     if not entries or not _canonical(entries):
@@ -91,8 +91,9 @@ def _encode(manifest: dict[str, Any], trusted: dict[str, str]) -> tuple[Any, ...
     shas = [e["sha256"] for e in entries]
     rest = dict(manifest)
     rest["sgx"] = dict(sgx, trusted_files=None)  # same key order; filled in again by _decode
-    # Usually the table is each absolute "file:" URI's path with its hash, in manifest order.
-    derived = list(trusted.items()) == list(zip(_paths(uris), shas, strict=True))
+    # Usually the table is each "file:" URI's path (relative ones below the manifest's
+    # directory) with its hash, in manifest order: then it is not stored.
+    derived = list(trusted.items()) == list(zip(_paths(uris, base), shas, strict=True))
     return (_FORMAT, rest, uris, shas, None if derived else dict(trusted))
 
 
@@ -101,11 +102,14 @@ def _canonical(entries: list[Any]) -> bool:
     return all(type(e) is dict and tuple(e) == ("uri", "sha256") for e in entries)
 
 
-def _paths(uris: list[str]) -> list[str]:
-    return [uri[5:] for uri in uris]  # "file:"
+def _paths(uris: list[str], base: str) -> list[str]:
+    """Each URI's path after "file:", a relative one joined to ``base`` (not normalized:
+    an entry is only derived if this gives the table's very keys)."""
+    prefix = base if base.endswith("/") else base + "/"
+    return [uri[5:] if uri.startswith("file:/") else prefix + uri[5:] for uri in uris]
 
 
-def _decode(value: Any) -> tuple[dict[str, Any], dict[str, str]] | None:
+def _decode(value: Any, base: str) -> tuple[dict[str, Any], dict[str, str]] | None:
     """What :func:`_encode` stored; None for anything else (an entry of another format)."""
     if not (isinstance(value, tuple) and len(value) == 5 and value[0] == _FORMAT
             and isinstance(value[1], dict)):
@@ -116,7 +120,7 @@ def _decode(value: Any) -> tuple[dict[str, Any], dict[str, str]] | None:
             manifest["sgx"]["trusted_files"] = [
                 {"uri": uri, "sha256": sha} for uri, sha in zip(uris, shas, strict=True)
             ]
-        trusted = dict(zip(_paths(uris), shas, strict=True)) if table is None else table
+        trusted = dict(zip(_paths(uris, base), shas, strict=True)) if table is None else table
     except (TypeError, ValueError, KeyError):
         return None
     return (manifest, trusted) if isinstance(trusted, dict) else None
