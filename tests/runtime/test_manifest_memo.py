@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from geode import cache
 from geode.errors import ManifestError
 from geode.manifest import build
+from geode.measurement import measure
 from geode.runtime import manifest_memo
 from geode.runtime.manifest_memo import parse_for_run
 from geode.runtime.plan import trusted_table
@@ -108,14 +109,14 @@ def test_a_second_parse_is_remembered_and_equal(
     rendered: tuple[bytes, Path], own_cache: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data, base = rendered
-    first = parse_for_run(data, source="app.manifest", base_dir=base)
+    first = parse_for_run(data, measurement=measure(data), source="app.manifest", base_dir=base)
     assert len(_entries()) == 1
 
     def no_parse(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("parsed again")
 
     monkeypatch.setattr(build, "loads", no_parse)
-    second = parse_for_run(data, source="app.manifest", base_dir=base)
+    second = parse_for_run(data, measurement=measure(data), source="app.manifest", base_dir=base)
     assert second == first
     assert second[1] == {str(base / "app"): first[1][str(base / "app")],
                          **{str(base / "data" / f"f{i}"): first[1][str(base / "data" / f"f{i}")]
@@ -126,11 +127,12 @@ def test_each_base_directory_and_each_byte_has_its_own_entry(
     rendered: tuple[bytes, Path], own_cache: None, tmp_path: Path
 ) -> None:
     data, base = rendered
-    _, here = parse_for_run(data, source="m", base_dir=base)
-    _, there = parse_for_run(data, source="m", base_dir=tmp_path / "elsewhere")
+    _, here = parse_for_run(data, measurement=measure(data), source="m", base_dir=base)
+    _, there = parse_for_run(data, measurement=measure(data), source="m",
+                             base_dir=tmp_path / "elsewhere")
     assert str(base / "app") in here and str(base / "app") not in there
     assert str(tmp_path / "elsewhere" / "app") in there
-    parse_for_run(data + b"\n", source="m", base_dir=base)
+    parse_for_run(data + b"\n", measurement=measure(data + b"\n"), source="m", base_dir=base)
     assert len(_entries()) == 3
 
 
@@ -138,7 +140,7 @@ def test_a_bad_manifest_fails_every_time_and_is_not_remembered(own_cache: None) 
     data = b'libos.entrypoint = "/app"\nfs.mounts = []\nsgx.debug = "yes"\n'
     for _ in range(2):
         with pytest.raises(ManifestError, match="sgx.debug"):
-            parse_for_run(data, source="bad.manifest", base_dir=BASE)
+            parse_for_run(data, measurement=measure(data), source="bad.manifest", base_dir=BASE)
     assert _entries() == []
 
 
@@ -147,6 +149,6 @@ def test_nothing_is_remembered_with_the_cache_off(
 ) -> None:
     monkeypatch.setenv("GEODE_NO_CACHE", "1")
     data, base = rendered
-    parse_for_run(data, source="m", base_dir=base)
+    parse_for_run(data, measurement=measure(data), source="m", base_dir=base)
     monkeypatch.delenv("GEODE_NO_CACHE")
     assert _entries() == []

@@ -79,16 +79,20 @@ def load_for_run(manifest_arg: str | os.PathLike[str] | None, app: str | None) -
         from geode.measurement import measure
 
         data = build.read(path)
-        manifest, trusted = parse_for_run(data, source=path, base_dir=base_dir)
+        measurement = measure(data)
+        manifest, trusted = parse_for_run(data, measurement=measurement, source=path,
+                                          base_dir=base_dir)
         _check_runtime_pin(manifest, path)
-        return Loaded(manifest, path, EnclaveIdentity(measure(data), None, manifest), trusted)
+        return Loaded(manifest, path, EnclaveIdentity(measurement, None, manifest), trusted)
 
     # Only signed manifests need these.
     from geode.signing.sign import check_attributes, read_signed, verify_signature
 
     data, sig_bytes = read_signed(path, sig)
     sig_struct = verify_signature(data, sig_bytes, sig_path=sig)
-    manifest, trusted = parse_for_run(data, source=path, base_dir=base_dir)
+    # (verify_signature checked that the signed ENCLAVEHASH is the measurement of data)
+    manifest, trusted = parse_for_run(data, measurement=sig_struct.enclave_hash, source=path,
+                                      base_dir=base_dir)
     check_attributes(manifest, sig_struct, sig_path=sig)
     _check_runtime_pin(manifest, path)
     return Loaded(manifest, path, EnclaveIdentity(sig_struct.enclave_hash, sig_struct, manifest),

@@ -6,10 +6,11 @@ files) that is ~35 ms of parsing and checking, at every start, over bytes that r
 :func:`parse_for_run` remembers its result in :mod:`geode.cache`, keyed by a SHA-256 over
 everything the result depends on:
 
-* the manifest's bytes (their SHA-256);
-* the code that computes it: the runtime identity digest (every ``.py`` file of Geode,
-  including the TOML fast path, the schema and the plan) and the TOML parser (the file of
-  the compiled ``tomli`` with its size, mtime and inode; or ``tomllib`` and the Python);
+* the manifest's bytes and the code that computes the result, both through the manifest's
+  Geode measurement (a SHA-256 over the runtime identity digest, which covers every ``.py``
+  file of Geode including the TOML fast path, the schema and the plan, and the bytes);
+* the TOML parser (the file of the compiled ``tomli`` with its size, mtime and inode; or
+  ``tomllib`` and the Python);
 * the directory relative ``file:`` URIs resolve against.
 
 Only this pure computation is remembered. What decides whether the manifest may run is done
@@ -33,7 +34,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from geode import cache
-from geode.measurement import runtime_identity
 
 _KIND = "manifest"
 _FORMAT = "geode-manifest-memo/1"
@@ -41,15 +41,18 @@ _FORMAT = "geode-manifest-memo/1"
 _KEEP = 16
 
 
-def parse_for_run(data: bytes, *, source: str, base_dir: str | os.PathLike[str]
-                  ) -> tuple[dict[str, Any], Mapping[str, str]]:
+def parse_for_run(data: bytes, *, measurement: bytes, source: str,
+                  base_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], Mapping[str, str]]:
     """``(manifest, trusted)``: ``data`` parsed and checked against the schema, and the plan's
     table of its trusted files (:func:`geode.runtime.plan.trusted_table`), relative URIs
-    resolved against ``base_dir``. Errors are :class:`ManifestError` naming ``source``."""
+    resolved against ``base_dir``. Errors are :class:`ManifestError` naming ``source``.
+
+    ``measurement`` must be ``geode.measurement.measure(data)`` (a start has it anyway): it
+    stands for the bytes and the runtime identity in the key, without hashing them again."""
     base = os.path.normpath(os.path.abspath(os.fspath(base_dir)))
     key = hashlib.sha256(
         "\0".join((_FORMAT, _parser(), base)).encode("utf-8", "surrogateescape")
-        + b"\0" + runtime_identity() + hashlib.sha256(data).digest()
+        + b"\0" + measurement
     ).digest()
     remembered = _decode(cache.get(_KIND, key), base)
     if remembered is not None:
