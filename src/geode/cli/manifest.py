@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -68,6 +69,11 @@ def _run_manifest(args: argparse.Namespace) -> int:
         sys.stdout.buffer.flush()
     else:
         atomic_write(Path(args.outfile), data)
+        # The first start after a build finds its manifest already parsed and checked.
+        from geode.runtime.manifest_memo import remember
+
+        remember(data, source=args.outfile,
+                 base_dir=os.path.dirname(os.path.abspath(args.outfile)))
     insecure = insecure_settings(manifest)
     if insecure:
         print(banner_text(insecure), file=sys.stderr)

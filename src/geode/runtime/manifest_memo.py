@@ -13,6 +13,9 @@ everything the result depends on:
   ``tomllib`` and the Python);
 * the directory relative ``file:`` URIs resolve against.
 
+``gramine-manifest`` and ``gramine-sgx-sign`` store the entry for the manifest they write
+(:func:`remember`), so the first start after a build finds it too.
+
 Only this pure computation is remembered. What decides whether the manifest may run is done
 at every start, on the bytes read at that start: the SIGSTRUCT and its measurement of those
 bytes, the attributes, the runtime pin. A manifest that fails to parse or to check is never
@@ -26,6 +29,7 @@ and the table themselves took ~9 ms.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
@@ -67,6 +71,20 @@ def parse_for_run(data: bytes, *, measurement: bytes, source: str,
     # (encoded now: the caller may change the manifest)
     cache.put(_KIND, key, _encode(manifest, trusted, base), keep=_KEEP)
     return manifest, trusted
+
+
+def remember(data: bytes, *, source: str, base_dir: str | os.PathLike[str]) -> None:
+    """Compute and store what a start of the manifest ``data`` (at ``source``, in
+    ``base_dir``) will look up. ``gramine-manifest`` and ``gramine-sgx-sign`` call it on
+    what they write, so that the first start after a build finds it too. A manifest a start
+    would refuse is left for the start to report."""
+    if cache.directory() is None:
+        return
+    from geode.errors import GeodeError
+    from geode.measurement import measure
+
+    with contextlib.suppress(GeodeError):
+        parse_for_run(data, measurement=measure(data), source=source, base_dir=base_dir)
 
 
 def _parser() -> str:
