@@ -33,6 +33,8 @@ def _app_base(app: str) -> str:
 class Loaded(NamedTuple):
     """A manifest verified for a run."""
 
+    #: the checked manifest, without ``sgx.trusted_files``: a run uses that list only as
+    #: ``trusted`` (geode.runtime.manifest_memo)
     manifest: dict[str, Any]
     path: str
     identity: EnclaveIdentity

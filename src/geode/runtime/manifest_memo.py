@@ -21,10 +21,9 @@ at every start, on the bytes read at that start: the SIGSTRUCT and its measureme
 bytes, the attributes, the runtime pin. A manifest that fails to parse or to check is never
 remembered, so its error is reported at every start.
 
-An entry stores the manifest with its ``sgx.trusted_files`` as a list of URIs and a list of
-hashes, and the table only when it is not simply each URI's path with its hash (the usual
-case): rebuilding both from the lists takes ~4 ms, ``marshal`` of the ~10,000 small tables
-and the table themselves took ~9 ms.
+An entry stores the manifest without ``sgx.trusted_files`` and the table as a list of paths
+and a list of hashes: ``marshal`` of ~10,000 small tables took ~9 ms, the two lists and the
+dict built from them take a few ms.
 """
 
 from __future__ import annotations
@@ -40,16 +39,18 @@ from typing import Any
 from geode import cache
 
 _KIND = "manifest"
-_FORMAT = "geode-manifest-memo/1"
+_FORMAT = "geode-manifest-memo/2"
 #: entries kept: one per manifest a user runs, old builds pruned
 _KEEP = 16
 
 
 def parse_for_run(data: bytes, *, measurement: bytes, source: str,
                   base_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], Mapping[str, str]]:
-    """``(manifest, trusted)``: ``data`` parsed and checked against the schema, and the plan's
-    table of its trusted files (:func:`geode.runtime.plan.trusted_table`), relative URIs
-    resolved against ``base_dir``. Errors are :class:`ManifestError` naming ``source``.
+    """``(manifest, trusted)``: ``data`` parsed and checked against the schema, with its
+    ``sgx.trusted_files`` taken out as the plan's table of trusted files
+    (:func:`geode.runtime.plan.trusted_table`, relative URIs resolved against ``base_dir``):
+    a run uses the list only as that table, and leaving it out spares a remembered start
+    rebuilding ~10,000 small tables. Errors are :class:`ManifestError` naming ``source``.
 
     ``measurement`` must be ``geode.measurement.measure(data)`` (a start has it anyway): it
     stands for the bytes and the runtime identity in the key, without hashing them again."""
@@ -58,7 +59,7 @@ def parse_for_run(data: bytes, *, measurement: bytes, source: str,
         "\0".join((_FORMAT, _parser(), base)).encode("utf-8", "surrogateescape")
         + b"\0" + measurement
     ).digest()
-    remembered = _decode(cache.get(_KIND, key), base)
+    remembered = _decode(cache.get(_KIND, key))
     if remembered is not None:
         return remembered
 
@@ -68,9 +69,18 @@ def parse_for_run(data: bytes, *, measurement: bytes, source: str,
     manifest = build.loads(data, name=source)
     schema.check(manifest, source=source)
     trusted = trusted_table(manifest, base)
+    manifest = _without_trusted_files(manifest)
     # (encoded now: the caller may change the manifest)
-    cache.put(_KIND, key, _encode(manifest, trusted, base), keep=_KEEP)
+    cache.put(_KIND, key, _encode(manifest, trusted), keep=_KEEP)
     return manifest, trusted
+
+
+def _without_trusted_files(manifest: dict[str, Any]) -> dict[str, Any]:
+    """``manifest`` without ``sgx.trusted_files`` (the input's tables are not copied)."""
+    sgx = manifest.get("sgx")
+    if not isinstance(sgx, dict) or "trusted_files" not in sgx:
+        return manifest
+    return {**manifest, "sgx": {k: v for k, v in sgx.items() if k != "trusted_files"}}
 
 
 def remember(data: bytes, *, source: str, base_dir: str | os.PathLike[str]) -> None:
@@ -102,46 +112,18 @@ def _parser() -> str:
     return f"tomli {spec.origin} {st.st_size} {st.st_mtime_ns} {st.st_ino}"
 
 
-def _encode(manifest: dict[str, Any], trusted: dict[str, str], base: str) -> tuple[Any, ...]:
-    sgx = manifest.get("sgx")
-    entries = sgx.get("trusted_files") if isinstance(sgx, dict) else None
-    if not entries or not _canonical(entries):
-        return (_FORMAT, manifest, None, None, dict(trusted))
-    assert isinstance(sgx, dict)
-    uris = [e["uri"] for e in entries]
-    shas = [e["sha256"] for e in entries]
-    rest = dict(manifest)
-    rest["sgx"] = dict(sgx, trusted_files=None)  # same key order; filled in again by _decode
-    # Usually the table is each "file:" URI's path (relative ones below the manifest's
-    # directory) with its hash, in manifest order: then it is not stored.
-    derived = list(trusted.items()) == list(zip(_paths(uris, base), shas, strict=True))
-    return (_FORMAT, rest, uris, shas, None if derived else dict(trusted))
+def _encode(manifest: dict[str, Any], trusted: dict[str, str]) -> tuple[Any, ...]:
+    return (_FORMAT, manifest, list(trusted), list(trusted.values()))
 
 
-def _canonical(entries: list[Any]) -> bool:
-    """Whether every entry is exactly a ``{uri, sha256}`` table, keys in that order."""
-    return all(type(e) is dict and tuple(e) == ("uri", "sha256") for e in entries)
-
-
-def _paths(uris: list[str], base: str) -> list[str]:
-    """Each URI's path after "file:", a relative one joined to ``base`` (not normalized:
-    an entry is only derived if this gives the table's very keys)."""
-    prefix = base if base.endswith("/") else base + "/"
-    return [uri[5:] if uri.startswith("file:/") else prefix + uri[5:] for uri in uris]
-
-
-def _decode(value: Any, base: str) -> tuple[dict[str, Any], dict[str, str]] | None:
+def _decode(value: Any) -> tuple[dict[str, Any], dict[str, str]] | None:
     """What :func:`_encode` stored; None for anything else (an entry of another format)."""
-    if not (isinstance(value, tuple) and len(value) == 5 and value[0] == _FORMAT
-            and isinstance(value[1], dict)):
+    if not (isinstance(value, tuple) and len(value) == 4 and value[0] == _FORMAT
+            and isinstance(value[1], dict) and isinstance(value[2], list)
+            and isinstance(value[3], list)):
         return None
-    _, manifest, uris, shas, table = value
+    _, manifest, paths, shas = value
     try:
-        if uris is not None:
-            manifest["sgx"]["trusted_files"] = [
-                {"uri": uri, "sha256": sha} for uri, sha in zip(uris, shas, strict=True)
-            ]
-        trusted = dict(zip(_paths(uris, base), shas, strict=True)) if table is None else table
-    except (TypeError, ValueError, KeyError):
+        return manifest, dict(zip(paths, shas, strict=True))
+    except ValueError:
         return None
-    return (manifest, trusted) if isinstance(trusted, dict) else None

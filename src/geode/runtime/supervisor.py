@@ -351,7 +351,8 @@ def run(manifest: dict[str, Any], *, manifest_path: str | os.PathLike[str],
     manifest's TOML serialization, unsigned) is what the ``tee`` backend binds evidence and keys to.
     ``stats_file`` receives the view's FUSE request counts as JSON when the program ends.
     ``trusted``, if given, is the plan's table of trusted files for this manifest, computed
-    before (:func:`geode.runtime.plan.trusted_table`).
+    before (:func:`geode.runtime.plan.trusted_table`); ``manifest`` may then lack
+    ``sgx.trusted_files`` (a start's :func:`geode.cli.run.load_for_run` takes it out).
     """
     configure_logging(manifest)
     base_dir = os.path.dirname(os.path.abspath(manifest_path))
