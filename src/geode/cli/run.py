@@ -155,9 +155,10 @@ def _run(args: argparse.Namespace) -> int:
     from geode.manifest.banner import banner_text, insecure_settings
     from geode.runtime.supervisor import run
 
-    # Loading a signed manifest allocates ~10^5 objects (a table per trusted file) that live
-    # as long as the run: the cyclic collector walked them several times per start (~6 ms)
-    # and never found garbage. So it is off while they are made; and when the command owns
+    # Loading a signed manifest allocates 10^4-10^5 objects (the trusted-files table; when
+    # the manifest is parsed, a table per trusted file too) and most live as long as the
+    # run: the cyclic collector walked them several times per start (~6 ms) and never found
+    # garbage. So it is off while they are made; and when the command owns
     # its process (its entry point turned the collector off before importing anything, see
     # gramine.direct and main), they are then moved out of its sight for good (frozen).
     owns_process = not gc.isenabled()
