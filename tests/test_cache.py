@@ -123,6 +123,17 @@ def test_pruning_keeps_the_most_recently_used(cache_dir: Path) -> None:
     assert [cache.get("test", k) for k in keys] == [0, None, None, 3, 4]
 
 
+def test_a_writer_killed_mid_write_leaves_nothing_for_long(cache_dir: Path) -> None:
+    cache.put("test", KEY, "value", keep=4)
+    old, new = cache_dir / ".test-aa.1.tmp", cache_dir / ".test-bb.2.tmp"
+    old.write_bytes(b"torn")
+    new.write_bytes(b"being written")
+    os.utime(old, ns=(0, 0))
+    cache.put("test", bytes(32), "other", keep=4)
+    assert not old.exists() and new.exists()  # (a write in progress is left alone)
+    assert cache.get("test", KEY) == "value"
+
+
 def test_other_kinds_are_not_pruned(cache_dir: Path) -> None:
     cache.put("other", KEY, "kept", keep=1)
     for i in range(3):

@@ -27,6 +27,7 @@ import hashlib
 import marshal
 import os
 import stat
+import time
 from typing import Any
 
 _MAGIC = b"geode-cache/1\n"
@@ -150,12 +151,21 @@ def _write(dirfd: int, name: str, blob: bytes) -> None:
 
 
 def _prune(dirfd: int, kind: str, keep: int) -> None:
+    """Keep the ``keep`` most recently used entries of ``kind``; drop temporary files that a
+    writer killed mid-write left behind (an hour old)."""
     entries = []
+    stale_before = time.time_ns() - 3600 * 10**9
     with os.scandir(dirfd) as it:
         for entry in it:
-            if entry.name.startswith(kind + "-"):
-                with contextlib.suppress(OSError):
-                    entries.append((entry.stat(follow_symlinks=False).st_mtime_ns, entry.name))
+            name = entry.name
+            try:
+                if name.startswith(kind + "-"):
+                    entries.append((entry.stat(follow_symlinks=False).st_mtime_ns, name))
+                elif name.startswith(f".{kind}-") and name.endswith(".tmp") and \
+                        entry.stat(follow_symlinks=False).st_mtime_ns < stale_before:
+                    os.unlink(name, dir_fd=dirfd)
+            except OSError:
+                pass
     entries.sort(reverse=True)
     for _, name in entries[keep:]:
         with contextlib.suppress(OSError):
