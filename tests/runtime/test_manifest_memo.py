@@ -148,6 +148,17 @@ def test_a_bad_manifest_fails_every_time_and_is_not_remembered(own_cache: None) 
     assert _entries() == []
 
 
+def test_a_manifest_with_keys_is_not_remembered(
+    rendered: tuple[bytes, Path], own_cache: None
+) -> None:
+    """Key material stays in the manifest: fs.insecure__keys is never copied to the cache."""
+    data, base = rendered
+    keyed = data + b'\n[fs.insecure__keys]\ndefault = "' + b"00" * 16 + b'"\n'
+    manifest, _ = parse_for_run(keyed, measurement=measure(keyed), source="m", base_dir=base)
+    assert manifest["fs"]["insecure__keys"] == {"default": "00" * 16}
+    assert _entries() == []
+
+
 def test_nothing_is_remembered_with_the_cache_off(
     rendered: tuple[bytes, Path], own_cache: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:

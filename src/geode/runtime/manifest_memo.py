@@ -16,10 +16,11 @@ everything the result depends on:
 ``gramine-manifest`` and ``gramine-sgx-sign`` store the entry for the manifest they write
 (:func:`remember`), so the first start after a build finds it too.
 
-Only this pure computation is remembered. What decides whether the manifest may run is done
-at every start, on the bytes read at that start: the SIGSTRUCT and its measurement of those
-bytes, the attributes, the runtime pin. A manifest that fails to parse or to check is never
-remembered, so its error is reported at every start.
+Only this pure computation is remembered, and never for a manifest holding key material
+(``fs.insecure__keys``), which is not copied into the cache. What decides whether the
+manifest may run is done at every start, on the bytes read at that start: the SIGSTRUCT and
+its measurement of those bytes, the attributes, the runtime pin. A manifest that fails to
+parse or to check is never remembered, so its error is reported at every start.
 
 An entry stores the manifest without ``sgx.trusted_files`` and the table as a list of paths
 and a list of hashes: ``marshal`` of ~10,000 small tables took ~9 ms, the two lists and the
@@ -70,9 +71,16 @@ def parse_for_run(data: bytes, *, measurement: bytes, source: str,
     schema.check(manifest, source=source)
     trusted = trusted_table(manifest, base)
     manifest = _without_trusted_files(manifest)
-    # (encoded now: the caller may change the manifest)
-    cache.put(_KIND, key, _encode(manifest, trusted), keep=_KEEP)
+    # (encoded now: the caller may change the manifest). Key material is not copied out of
+    # the manifest into the cache: a manifest with fs.insecure__keys is parsed at each start.
+    if not _has_keys(manifest):
+        cache.put(_KIND, key, _encode(manifest, trusted), keep=_KEEP)
     return manifest, trusted
+
+
+def _has_keys(manifest: dict[str, Any]) -> bool:
+    fs = manifest.get("fs")
+    return isinstance(fs, dict) and bool(fs.get("insecure__keys"))
 
 
 def _without_trusted_files(manifest: dict[str, Any]) -> dict[str, Any]:
