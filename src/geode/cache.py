@@ -28,7 +28,10 @@ import marshal
 import os
 import stat
 import time
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 _MAGIC = b"geode-cache/1\n"
 _DIGEST = 32

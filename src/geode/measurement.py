@@ -38,8 +38,8 @@ import importlib
 import os
 import struct
 import sys
-from typing import TYPE_CHECKING
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:  # (a run measures without pathlib)
     from pathlib import Path
 

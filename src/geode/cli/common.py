@@ -7,20 +7,22 @@ import functools
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, NamedTuple, NoReturn
 
 import geode.log
 from geode.errors import GeodeError
+from geode.records import Record
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:  # argparse itself only when a parser is built (~2 ms of each start)
     import argparse
+    from typing import NoReturn
 
 Handler = Callable[["argparse.Namespace"], int]
 #: Parses the arguments without building the parser, or returns None to leave them to it.
 QuickParse = Callable[[Sequence[str]], "argparse.Namespace | None"]
 
 
-class Command(NamedTuple):
+class Command(Record):
     """A subcommand: ``geode NAME`` and, where Gramine has one, its ``gramine-*`` alias."""
 
     name: str

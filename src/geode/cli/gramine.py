@@ -7,9 +7,12 @@ its start-up time should not pay for the manifest, signing and serializer comman
 from __future__ import annotations
 
 import gc
-from typing import NoReturn
 
 from geode.cli.common import exit_now, run_single
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 
 def manifest() -> int:

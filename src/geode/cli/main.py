@@ -7,10 +7,13 @@ import gc
 import importlib
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from geode import __version__
 from geode.cli.common import Command, exit_now, invoke, log_to_stderr
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: The subcommands in ``geode --help`` order: (name, module in geode.cli, attribute). Only the
 #: module of the command being run is imported, so that ``geode run`` does not load, say,

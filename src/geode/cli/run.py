@@ -8,15 +8,17 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from geode.cli.common import Command
 from geode.errors import GeodeError, ManifestError
 from geode.log import get_logger
+from geode.records import Record
 from geode.tee import EnclaveIdentity
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
+    from typing import Any
 
 log = get_logger("geode")
 
@@ -30,7 +32,7 @@ def _app_base(app: str) -> str:
     return app
 
 
-class Loaded(NamedTuple):
+class Loaded(Record):
     """A manifest verified for a run."""
 
     #: the checked manifest, without ``sgx.trusted_files``: a run uses that list only as
@@ -196,7 +198,8 @@ def _quick_direct(argv: Sequence[str]) -> argparse.Namespace | None:
     if not argv or argv[0].startswith("-") or "--" in argv:
         return None
     # (what the parser's Namespace would hold: argparse is not imported for a start)
-    return cast("argparse.Namespace", SimpleNamespace(app=argv[0], args=list(argv[1:])))
+    namespace: Any = SimpleNamespace(app=argv[0], args=list(argv[1:]))
+    return namespace  # (a Namespace to the type checker: the parser's attributes)
 
 
 def _run_direct(args: argparse.Namespace) -> int:

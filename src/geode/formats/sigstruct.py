@@ -42,11 +42,14 @@ import hashlib
 import hmac
 import struct
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, NamedTuple, Self
 
 from geode.errors import FormatError, SigningError
+from geode.records import Record
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any, Self
+
     from cryptography.hazmat.primitives.asymmetric import rsa
 
 SIGSTRUCT_SIZE = 1808
@@ -159,7 +162,7 @@ def _check_bytes(name: str, value: Any, size: int) -> None:
         raise FormatError(f"SIGSTRUCT field {name}: expected {size} bytes, got {len(value)}")
 
 
-class _SigstructFields(NamedTuple):
+class _SigstructFields(Record):
     vendor: int = VENDOR_OTHER
     date: int = 0
     swdefined: int = 0
@@ -444,7 +447,7 @@ def sign(unsigned: Sigstruct, key: rsa.RSAPrivateKey) -> Sigstruct:
 # --- verification ---------------------------------------------------------------------------
 
 
-class Check(NamedTuple):
+class Check(Record):
     """One named verification check."""
 
     name: str
@@ -467,7 +470,7 @@ CHECK_NAMES: tuple[str, ...] = (
 )
 
 
-class SigstructVerification(NamedTuple):
+class SigstructVerification(Record):
     """Outcome of :func:`verify`: every check with its reason, and the parsed structure.
 
     ``sigstruct`` is None when the bytes are not structurally a SIGSTRUCT (size, headers,

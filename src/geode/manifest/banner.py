@@ -22,9 +22,12 @@ first process; when to show it is the caller's decision.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from geode.manifest.lookup import value_at
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["banner_text", "insecure_settings"]
 

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
 
 from geode.errors import ManifestError
 from geode.measurement import libos_path
 
-if TYPE_CHECKING:  # (a run loads manifests without pathlib)
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # (a run loads manifests without pathlib, or typing)
     from pathlib import Path
+    from typing import Any
 
 
 def build(

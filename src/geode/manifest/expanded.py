@@ -11,7 +11,10 @@ worded.
 from __future__ import annotations
 
 import operator
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 _get_uri = operator.itemgetter("uri")
 _get_sha256 = operator.itemgetter("sha256")

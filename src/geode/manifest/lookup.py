@@ -7,7 +7,10 @@ insecure-settings banner) does not load the schema, which only checks manifests.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def value_at(manifest: Mapping[str, Any], dotted: str) -> Any:

@@ -66,14 +66,16 @@ import os
 import stat
 from collections.abc import Callable, Iterable, Mapping
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
 
 from geode.errors import GeodeError
 from geode.log import get_logger
 from geode.runtime import fuse
 from geode.runtime.plan import Mount
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from geode.formats.pf import ProtectedFile
 
 

@@ -46,14 +46,21 @@ import struct
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any, NamedTuple, NewType
 
 from geode.log import get_logger
+from geode.records import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NewType
 
 log = get_logger("geode.fuse")
 
-InodeT = NewType("InodeT", int)
-FileHandleT = NewType("FileHandleT", int)
+if TYPE_CHECKING:
+    InodeT = NewType("InodeT", int)
+    FileHandleT = NewType("FileHandleT", int)
+else:  # (distinct types for the type checker only)
+    InodeT = FileHandleT = int
 
 ROOT_INODE = InodeT(1)
 RENAME_NOREPLACE = 1
@@ -197,7 +204,7 @@ class RequestContext:
         self.uid, self.gid, self.pid, self.umask = uid, gid, pid, umask
 
 
-class SetattrFields(NamedTuple):
+class SetattrFields(Record):
     update_mode: bool = False
     update_uid: bool = False
     update_gid: bool = False

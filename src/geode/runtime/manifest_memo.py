@@ -35,9 +35,12 @@ import importlib.util
 import os
 import sys
 from collections.abc import Mapping
-from typing import Any
 
 from geode import cache
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 _KIND = "manifest"
 _FORMAT = "geode-manifest-memo/2"

@@ -37,10 +37,14 @@ import posixpath
 import re
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, NamedTuple
 
 from geode.errors import ManifestError
 from geode.manifest import expanded
+from geode.records import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["MOUNT_TYPES", "Mount", "ViewPlan", "normalize_view_path"]
 
@@ -277,7 +281,7 @@ def trusted_table(manifest: Mapping[str, Any], base_dir: str | os.PathLike[str]
     return _trusted_table(raw_trusted, _base_str(base_dir))
 
 
-class ViewPlan(NamedTuple):
+class ViewPlan(Record):
     """Mount table and file policy of a view; see the module docstring."""
 
     mounts: tuple[Mount, ...]

@@ -54,11 +54,15 @@ import os
 import posixpath
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
 
 from geode.errors import ManifestError
 from geode.log import get_logger
 from geode.manifest.lookup import value_at
+from geode.records import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "DEFAULT_ENCLAVE_SIZE",
@@ -291,7 +295,7 @@ def resolve_argv(
 # ---------------------------------------------------------------------------------------------
 
 
-class _EnvEntry(NamedTuple):
+class _EnvEntry(Record):
     value: str | None  # None: passthrough
 
 
@@ -407,7 +411,7 @@ def resolve_env(
 # ---------------------------------------------------------------------------------------------
 
 
-class Limits(NamedTuple):
+class Limits(Record):
     """Resource limits applied to the program (soft = hard) before it starts.
 
     * ``stack`` → ``RLIMIT_STACK``. Gramine's ``sys.stack.size`` is "the stack size of each
@@ -466,7 +470,7 @@ def build_limits(manifest: Mapping[str, Any]) -> Limits:
 # ---------------------------------------------------------------------------------------------
 
 
-class ProcessSpec(NamedTuple):
+class ProcessSpec(Record):
     """How the program is started inside the sandbox."""
 
     path: str  #: absolute path of the executable in the view (``libos.entrypoint``)

@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import TYPE_CHECKING
 
 from geode.errors import GeodeError
 from geode.log import get_logger
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from geode.runtime.plan import ViewPlan
     from geode.runtime.process import ProcessSpec

@@ -93,9 +93,9 @@ import signal
 import stat
 import struct
 from collections.abc import Iterable
-from typing import NamedTuple
 
 from geode.errors import GeodeError, ManifestError
+from geode.records import Record
 from geode.runtime import seccomp
 from geode.runtime.process import ProcessSpec
 
@@ -298,7 +298,7 @@ class SandboxError(GeodeError):
     """The sandbox could not be set up (reported by a helper process)."""
 
 
-class IdMapping(NamedTuple):
+class IdMapping(Record):
     """User-namespace id maps, and the in-namespace ids Geode's helpers (C, I) run as."""
 
     uid_map: str
@@ -311,7 +311,7 @@ class IdMapping(NamedTuple):
     self_map: bool = False
 
 
-class KernelMount(NamedTuple):
+class KernelMount(Record):
     """A mount made by the kernel on top of the view, in order.
 
     ``kind`` is ``"tmpfs"``, ``"view"`` for a path of the view re-exposed (bind mounted from
@@ -323,7 +323,7 @@ class KernelMount(NamedTuple):
     where: str = ""
 
 
-class FuseRoot(NamedTuple):
+class FuseRoot(Record):
     """The root is the supervisor's FUSE file system, mounted by PID 1 as
     ``mount(source, root, fstype, flags, "fd=N,rootmode=40000,user_id=,group_id=," + options)``.
     """
@@ -334,7 +334,7 @@ class FuseRoot(NamedTuple):
     flags: int = MS_NOSUID | MS_NODEV
 
 
-class SandboxConfig(NamedTuple):
+class SandboxConfig(Record):
     spec: ProcessSpec
     ids: IdMapping
     root: FuseRoot = FuseRoot()

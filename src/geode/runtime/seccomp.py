@@ -38,7 +38,8 @@ import errno
 import os
 import struct
 from collections.abc import Iterable
-from typing import NamedTuple
+
+from geode.records import Record
 
 # ---------------------------------------------------------------------------------------------
 # Kernel ABI constants (x86_64)
@@ -105,7 +106,7 @@ NR_CLONE3 = 435
 # ---------------------------------------------------------------------------------------------
 
 
-class SyscallRule(NamedTuple):
+class SyscallRule(Record):
     """One system call denied unconditionally."""
 
     name: str
@@ -114,7 +115,7 @@ class SyscallRule(NamedTuple):
     reason: str
 
 
-class ArgumentRule(NamedTuple):
+class ArgumentRule(Record):
     """A system call denied only for some argument values (described for documentation)."""
 
     name: str

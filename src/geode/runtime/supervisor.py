@@ -43,7 +43,6 @@ import select
 import signal
 import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
-from typing import Any
 
 import geode.log
 from geode.errors import GeodeError, ManifestError
@@ -59,6 +58,10 @@ from geode.runtime.sandbox import (
     id_mapping,
     preflight,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["configure_logging", "fuse_root", "kernel_mounts", "run", "supervise"]
 
@@ -76,7 +79,8 @@ LOG_LEVELS = {
 
 _TEARDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
-Serve = Callable[[Any, int, str], None]
+if TYPE_CHECKING:
+    Serve = Callable[[Any, int, str], None]
 
 
 def configure_logging(manifest: Mapping[str, Any]) -> None:

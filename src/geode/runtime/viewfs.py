@@ -111,13 +111,17 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, NamedTuple, TypeVar
 
 from geode.errors import GeodeError, ManifestError
 from geode.formats import elf
 from geode.log import get_logger
+from geode.records import Record
 from geode.runtime import encfs, fuse
 from geode.runtime.plan import Mount, ViewPlan, normalize_view_path
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, TypeVar
 
 __all__ = [
     "AttestationDir",
@@ -570,7 +574,7 @@ class _Handle:
         self.pseudo, self.enc = pseudo, enc
 
 
-class _VEntry(NamedTuple):
+class _VEntry(Record):
     kind: str  # mount | dir | opaque | placeholder | link | attestation
     mount: Mount | None = None
     target: str | None = None
@@ -630,7 +634,8 @@ def _join_view(vpath: str, name: str) -> str:
     return f"{vpath}/{name}" if vpath != "/" else f"/{name}"
 
 
-_F = TypeVar("_F", bound=Callable[..., Any])
+if TYPE_CHECKING:
+    _F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def _op(fn: _F) -> _F:

@@ -18,10 +18,14 @@ What goes into SIGSTRUCT from ``sgx.*``:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, NamedTuple
 
 from geode.errors import ManifestError
 from geode.formats.sigstruct import Sigstruct
+from geode.records import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # ATTRIBUTES.FLAGS bits (SDM "ATTRIBUTES structure").
 SGX_FLAGS_INITIALIZED = 0x01
@@ -75,7 +79,7 @@ _REMOVED_KEYS: dict[str, str] = {
 }
 
 
-class SgxAttributes(NamedTuple):
+class SgxAttributes(Record):
     """The manifest-derived SIGSTRUCT fields."""
 
     flags: int

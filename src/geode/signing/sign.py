@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import hmac
 import os
-from typing import TYPE_CHECKING, Any, NamedTuple
 
 from geode.errors import GeodeError, SigningError
 from geode.formats import sigstruct
 from geode.measurement import measure
+from geode.records import Record
 from geode.signing.attributes import sgx_attributes
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:  # (pathlib and datetime at runtime only where signing needs them: a
     # run's checks of a signed manifest do not)
     import datetime
     from pathlib import Path
+    from typing import Any
 
 
-class Signed(NamedTuple):
+class Signed(Record):
     manifest: dict[str, Any]
     manifest_bytes: bytes
     sigstruct: sigstruct.Sigstruct

@@ -24,18 +24,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, NamedTuple
 
 from geode.errors import GeodeError
+from geode.records import Record
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:  # an unsigned manifest's run needs no SIGSTRUCT code
+    from typing import Any
+
     from geode.formats.sigstruct import Sigstruct
 
 #: Names of the sealing keys under /dev/attestation/keys, as in Gramine.
 SEAL_KEY_NAMES = ("_sgx_mrenclave", "_sgx_mrsigner")
 
 
-class EnclaveIdentity(NamedTuple):
+class EnclaveIdentity(Record):
     """The identity evidence binds: the Geode measurement and, when signed, its SIGSTRUCT.
 
     ``manifest`` is the manifest measured (left out of the repr: it can list 10,000 files).
@@ -61,7 +64,7 @@ class EnclaveIdentity(NamedTuple):
         return self.sigstruct.isv_svn if self.sigstruct else 0
 
 
-class Evidence(NamedTuple):
+class Evidence(Record):
     """What ``/dev/attestation/quote`` returns, and certificates that came with it."""
 
     quote: bytes
