@@ -197,6 +197,11 @@ def test_a_quiet_run_loads_no_logging(
                     if line.startswith("import time:")]
         assert "geode.runtime.supervisor" in imported
         assert "pathlib" not in imported  # (~5 ms with urllib.parse: a run builds no Path)
+        # gramine-direct's start (its manifest remembered since gramine-manifest wrote it)
+        # needs no typing (~4 ms to import) and no regular expression (~2 ms; the banner
+        # about a verbose log level quotes it with json, which does)
+        assert "typing" not in imported
+        assert ("re" in imported) == (log_level != "error")
         assert ("logging" in imported) == logs, records
         assert any("/other" in line and "WARNING" in line for line in records) == logs, records
 

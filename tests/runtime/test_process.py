@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from geode.cli.argv_serializer import serialize_argv
 from geode.errors import GeodeError, ManifestError
@@ -62,6 +65,30 @@ def test_parse_size_rejects(value: object) -> None:
     with pytest.raises(ManifestError) as e:
         parse_size(value, key="sys.stack.size")
     assert "sys.stack.size" in str(e.value)
+
+
+_SIZE_TEXT = st.one_of(
+    st.text(alphabet="0123456789KMGkmgT٣²+- .x", max_size=24),
+    st.from_regex(r"[0-9]{1,24}[KMGkmg]?", fullmatch=True),
+)
+
+
+@given(_SIZE_TEXT)
+def test_parse_size_is_the_documented_grammar(text: str) -> None:
+    """ASCII decimal digits (at most 20) and an optional K/M/G of either case, as the
+    regular expression this parser replaced said; no other digits, signs or spaces."""
+    match = re.fullmatch(r"([0-9]+)([KMGkmg]?)", text)
+    if match is None or len(match.group(1)) > 20:
+        with pytest.raises(ManifestError):
+            parse_size(text, key="k")
+        return
+    size = int(match.group(1)) * {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[
+        match.group(2).upper()]
+    if size >= 1 << 64:
+        with pytest.raises(ManifestError, match="out of range"):
+            parse_size(text, key="k")
+    else:
+        assert parse_size(text, key="k") == size
 
 
 # -------------------------------------------------------------------------------- argv

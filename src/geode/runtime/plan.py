@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import os
 import posixpath
-import re
 from collections.abc import Mapping
 from types import MappingProxyType
 
@@ -53,7 +52,7 @@ MOUNT_TYPES = frozenset({"chroot", "tmpfs", "encrypted", "untrusted_shm"})
 DEFAULT_KEY_NAME = "default"
 FILE_CHECK_POLICIES = ("strict", "allow_all_but_log")
 
-_SHA256_RE = re.compile(r"[0-9a-fA-F]{64}")
+_SHA256_PATTERN = r"[0-9a-fA-F]{64}"
 
 
 def normalize_view_path(path: str) -> str:
@@ -191,6 +190,7 @@ def _trusted_table(raw_trusted: list[Any], base_str: str) -> dict[str, str]:
 
 def _trusted_table_checked(raw_trusted: list[Any], base_str: str) -> dict[str, str]:
     """:func:`_trusted_table` entry by entry, raising ManifestError for the first bad one."""
+    import re  # (here, not at the top: a start whose manifest is remembered never loads re)
     trusted: dict[str, str] = {}
     for i, entry in enumerate(raw_trusted):
         where = f"sgx.trusted_files[{i}]"
@@ -211,7 +211,7 @@ def _trusted_table_checked(raw_trusted: list[Any], base_str: str) -> dict[str, s
                 f"{uri!r} is a directory entry: render the manifest so that it is expanded",
                 where=where,
             )
-        if not isinstance(sha, str) or not _SHA256_RE.fullmatch(sha):
+        if not isinstance(sha, str) or not re.fullmatch(_SHA256_PATTERN, sha):
             raise ManifestError(f"sha256 of {uri!r} must be 64 hex digits, got {sha!r}",
                                 where=f"{where}.sha256")
         host = _host_str(uri, base_str, f"{where}.uri", schemes=("file",))
@@ -227,8 +227,8 @@ def _trusted_table_checked(raw_trusted: list[Any], base_str: str) -> dict[str, s
 # of the URI (an empty component, any dot-led one, a trailing "/"), or a path that is empty or
 # starts with a dot. Dot-led names other than "." and ".." are legal, but rare: the loop takes
 # them.
-_ABNORMAL_PATH_RE = re.compile(r"/[/.\0]")
-_ABNORMAL_START_RE = re.compile(r"\0file:[.\0]")
+_ABNORMAL_PATH = r"/[/.\0]"
+_ABNORMAL_START = r"\0file:[.\0]"
 
 
 def _trusted_table_fast(raw_trusted: list[Any], base_str: str) -> dict[str, str] | None:
@@ -241,12 +241,13 @@ def _trusted_table_fast(raw_trusted: list[Any], base_str: str) -> dict[str, str]
     per-entry loop accepts every such entry and computes the same table; for anything else
     this returns None, and the loop decides (and words the errors).
     """
+    import re  # (here, not at the top: a start whose manifest is remembered never loads re)
     cols = expanded.columns(raw_trusted)
     if cols is None:
         return None
     uris, shas = cols
     text = expanded.file_uris_text(uris)
-    if text is None or _ABNORMAL_PATH_RE.search(text) or _ABNORMAL_START_RE.search(text):
+    if text is None or re.search(_ABNORMAL_PATH, text) or re.search(_ABNORMAL_START, text):
         return None
     n = len(uris)
     paths = text[len("\0file:"):-1].split("\0file:")

@@ -52,7 +52,6 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
-import re
 from collections.abc import Mapping, Sequence
 
 from geode.errors import ManifestError
@@ -91,10 +90,8 @@ DEFAULT_ENCLAVE_SIZE = 256 * 1024**2
 DEFAULT_ENCLAVE_SIZE_EDMM = 1024 * 1024**3
 DEFAULT_MAX_THREADS = 4
 
-_SIZE_RE = re.compile(r"([0-9]+)([KMGkmg]?)")
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
 _U64_MAX = 2**64 - 1
-_ENV_NAME_RE = re.compile(r"[^=\0]+")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,10 +138,13 @@ def parse_size(value: object, *, key: str) -> int:
     if isinstance(value, int):
         size = value
     else:
-        match = _SIZE_RE.fullmatch(value)
-        if match is None or len(match.group(1)) > 20:
+        # ASCII digits and an optional unit (no regular expression: `re` is not loaded on a
+        # start's path)
+        unit = value[-1].upper() if value and value[-1] in "KMGkmg" else ""
+        digits = value[:-1] if unit else value
+        if not (digits.isascii() and digits.isdigit()) or len(digits) > 20:
             raise ManifestError(f'expected a size such as "256M", got {value!r}', where=key)
-        size = int(match.group(1)) * _SIZE_UNITS[match.group(2).upper()]
+        size = int(digits) * _SIZE_UNITS[unit]
     if not 0 <= size <= _U64_MAX:
         raise ManifestError(f"size {value!r} is out of range", where=key)
     return size
@@ -308,7 +308,7 @@ def _manifest_env(manifest: Mapping[str, Any]) -> dict[str, _EnvEntry]:
     out: dict[str, _EnvEntry] = {}
     for name, spec in table.items():
         key = f"loader.env.{name}"
-        if not isinstance(name, str) or not _ENV_NAME_RE.fullmatch(name):
+        if not isinstance(name, str) or not name or "=" in name or "\0" in name:
             raise ManifestError("invalid environment variable name", where=key)
         if isinstance(spec, str):
             value: str | None = spec
