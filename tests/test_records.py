@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pickle
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pytest
 from hypothesis import given
@@ -11,8 +11,10 @@ from hypothesis import strategies as st
 
 from geode.records import Record
 
-
-class TypedPoint(NamedTuple):
+# One class body, declared through typing.NamedTuple and through Record (in this module's
+# namespace, so that instances pickle like any module-level class).
+_BODY = '''
+class {name}({base}):
     """A point."""
 
     x: int
@@ -27,7 +29,7 @@ class TypedPoint(NamedTuple):
         return self.y, self.x
 
     @classmethod
-    def origin(cls) -> TypedPoint:
+    def origin(cls):
         return cls(0)
 
     @staticmethod
@@ -35,33 +37,13 @@ class TypedPoint(NamedTuple):
         return 1
 
     def __repr__(self) -> str:
-        return f"<{self.x},{self.y}>"
-
-
-class Point(Record):
-    """A point."""
-
-    x: int
-    y: int = 0
-    label: str = "p"
-
-    def norm(self) -> int:
-        return abs(self.x) + abs(self.y)
-
-    @property
-    def swapped(self) -> tuple[int, int]:
-        return self.y, self.x
-
-    @classmethod
-    def origin(cls) -> Point:
-        return cls(0)
-
-    @staticmethod
-    def unit() -> int:
-        return 1
-
-    def __repr__(self) -> str:
-        return f"<{self.x},{self.y}>"
+        return f"<{{self.x}},{{self.y}}>"
+'''
+_classes: dict[str, Any] = {"__name__": __name__, "NamedTuple": NamedTuple, "Record": Record}
+exec(compile("from __future__ import annotations\n"
+             + _BODY.format(name="TypedPoint", base="NamedTuple")
+             + _BODY.format(name="Point", base="Record"), __file__, "exec"), _classes)
+TypedPoint, Point = _classes["TypedPoint"], _classes["Point"]
 
 
 class Plain(Record):
