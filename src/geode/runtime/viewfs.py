@@ -103,7 +103,6 @@ import functools
 import hashlib
 import os
 import posixpath
-import queue
 import resource
 import stat
 import sys
@@ -276,6 +275,8 @@ class _BackgroundHash:
     updates), at most two blocks behind the caller."""
 
     def __init__(self, h: Any) -> None:
+        import queue  # (only big files are hashed so: not on every start's path)
+
         self._h = h
         self._todo: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self._room = threading.Semaphore(2)
