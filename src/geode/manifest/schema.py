@@ -37,6 +37,7 @@ from typing import Any, NamedTuple, NoReturn
 
 from geode.errors import ManifestError
 from geode.manifest import expanded
+from geode.manifest.lookup import split_size
 
 __all__ = [
     "AbsPathType",
@@ -66,8 +67,6 @@ __all__ = [
 ]
 
 U64_MAX = 2**64 - 1
-_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
-_SIZE_RE = re.compile(r"([0-9]+)([KMGkmg]?)")
 _HEX_RE = re.compile(r"[0-9a-fA-F]+")
 _PLAIN_NAME_RE = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -129,13 +128,13 @@ def _size_problem(value: object) -> tuple[int, None] | tuple[None, str]:
         if not 0 <= value <= U64_MAX:
             return None, f"expected a size between 0 and 2**64-1, got {value}"
         return value, None
-    match = _SIZE_RE.fullmatch(value)
-    if match is None:
+    split = split_size(value)
+    if split is None:
         return None, f"expected {_SIZE_EXPECTED}, got {_shown(value)}"
-    digits = match.group(1).lstrip("0") or "0"
+    digits = split[0].lstrip("0") or "0"
     if len(digits) > 20:  # far beyond 2**64; also keeps int() away from huge strings
         return None, f"size {_json(value)} does not fit in 64 bits"
-    size = int(digits) * _SIZE_UNITS[match.group(2).upper()]
+    size = int(digits) * split[1]
     if size > U64_MAX:
         return None, f"size {_json(value)} does not fit in 64 bits"
     return size, None

@@ -56,7 +56,7 @@ from collections.abc import Mapping, Sequence
 
 from geode.errors import ManifestError
 from geode.log import get_logger
-from geode.manifest.lookup import value_at
+from geode.manifest.lookup import split_size, value_at
 from geode.records import Record
 
 TYPE_CHECKING = False
@@ -90,7 +90,6 @@ DEFAULT_ENCLAVE_SIZE = 256 * 1024**2
 DEFAULT_ENCLAVE_SIZE_EDMM = 1024 * 1024**3
 DEFAULT_MAX_THREADS = 4
 
-_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
 _U64_MAX = 2**64 - 1
 
 
@@ -138,13 +137,10 @@ def parse_size(value: object, *, key: str) -> int:
     if isinstance(value, int):
         size = value
     else:
-        # ASCII digits and an optional unit (no regular expression: `re` is not loaded on a
-        # start's path)
-        unit = value[-1].upper() if value and value[-1] in "KMGkmg" else ""
-        digits = value[:-1] if unit else value
-        if not (digits.isascii() and digits.isdigit()) or len(digits) > 20:
+        split = split_size(value)
+        if split is None or len(split[0]) > 20:
             raise ManifestError(f'expected a size such as "256M", got {value!r}', where=key)
-        size = int(digits) * _SIZE_UNITS[unit]
+        size = int(split[0]) * split[1]
     if not 0 <= size <= _U64_MAX:
         raise ManifestError(f"size {value!r} is out of range", where=key)
     return size
