@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -72,8 +71,7 @@ def _run_manifest(args: argparse.Namespace) -> int:
         # The first start after a build finds its manifest already parsed and checked.
         from geode.runtime.manifest_memo import remember
 
-        remember(data, source=args.outfile,
-                 base_dir=os.path.dirname(os.path.abspath(args.outfile)))
+        remember(data, args.outfile)
     insecure = insecure_settings(manifest)
     if insecure:
         print(banner_text(insecure), file=sys.stderr)

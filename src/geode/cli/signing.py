@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -57,8 +56,7 @@ def _run_sign(args: argparse.Namespace) -> int:
     # The first start after a build finds its manifest already parsed and checked.
     from geode.runtime.manifest_memo import remember
 
-    remember(signed.manifest_bytes, source=str(args.output),
-             base_dir=os.path.dirname(os.path.abspath(args.output)))
+    remember(signed.manifest_bytes, args.output)
     if args.depfile:
         lines = [f"{args.output}:"] + [f" \\\n\t{p}" for p in signed.dependencies]
         atomic_write(args.depfile, ("".join(lines) + "\n").encode())

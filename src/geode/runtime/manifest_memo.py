@@ -37,6 +37,7 @@ import sys
 from collections.abc import Mapping
 
 from geode import cache
+from geode.runtime.plan import host_base, trusted_table
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ def parse_for_run(data: bytes, *, measurement: bytes, source: str,
 
     ``measurement`` must be ``geode.measurement.measure(data)`` (a start has it anyway): it
     stands for the bytes and the runtime identity in the key, without hashing them again."""
-    base = os.path.normpath(os.path.abspath(os.fspath(base_dir)))
+    base = host_base(base_dir)
     key = hashlib.sha256(
         "\0".join((_FORMAT, _parser(), base)).encode("utf-8", "surrogateescape")
         + b"\0" + measurement
@@ -68,7 +69,6 @@ def parse_for_run(data: bytes, *, measurement: bytes, source: str,
         return remembered
 
     from geode.manifest import build, schema
-    from geode.runtime.plan import trusted_table
 
     manifest = build.loads(data, name=source)
     schema.check(manifest, source=source)
@@ -94,18 +94,21 @@ def _without_trusted_files(manifest: dict[str, Any]) -> dict[str, Any]:
     return {**manifest, "sgx": {k: v for k, v in sgx.items() if k != "trusted_files"}}
 
 
-def remember(data: bytes, *, source: str, base_dir: str | os.PathLike[str]) -> None:
-    """Compute and store what a start of the manifest ``data`` (at ``source``, in
-    ``base_dir``) will look up. ``gramine-manifest`` and ``gramine-sgx-sign`` call it on
-    what they write, so that the first start after a build finds it too. A manifest a start
-    would refuse is left for the start to report."""
+def remember(data: bytes, path: str | os.PathLike[str]) -> None:
+    """Compute and store what a start of the manifest ``data``, written to ``path``, will
+    look up (relative URIs from the manifest's directory, as a start resolves them).
+    ``gramine-manifest`` and ``gramine-sgx-sign`` call it on what they write, so that the
+    first start after a build finds it too. A manifest a start would refuse is left for the
+    start to report."""
     if cache.directory() is None:
         return
     from geode.errors import GeodeError
     from geode.measurement import measure
 
+    source = os.fspath(path)
     with contextlib.suppress(GeodeError):
-        parse_for_run(data, measurement=measure(data), source=source, base_dir=base_dir)
+        parse_for_run(data, measurement=measure(data), source=source,
+                      base_dir=os.path.dirname(os.path.abspath(source)))
 
 
 def _parser() -> str:

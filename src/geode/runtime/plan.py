@@ -267,7 +267,9 @@ def _trusted_table_fast(raw_trusted: list[Any], base_str: str) -> dict[str, str]
     return trusted
 
 
-def _base_str(base_dir: str | os.PathLike[str]) -> str:
+def host_base(base_dir: str | os.PathLike[str]) -> str:
+    """``base_dir`` as the plan resolves relative ``file:`` URIs against it: absolute and
+    normalized."""
     return posixpath.normpath(os.path.abspath(os.fspath(base_dir)))
 
 
@@ -279,7 +281,7 @@ def trusted_table(manifest: Mapping[str, Any], base_dir: str | os.PathLike[str]
     if not isinstance(raw_trusted, list):
         raise ManifestError(f"expected an array, got {raw_trusted!r}",
                             where="sgx.trusted_files")
-    return _trusted_table(raw_trusted, _base_str(base_dir))
+    return _trusted_table(raw_trusted, host_base(base_dir))
 
 
 class ViewPlan(Record):
@@ -304,7 +306,7 @@ class ViewPlan(Record):
         ``trusted``, if given, is ``trusted_table(manifest, base_dir)`` computed before (a
         start takes it from :mod:`geode.runtime.manifest_memo`).
         """
-        base = _base_str(base_dir)
+        base = host_base(base_dir)
         fs = _get_table(manifest, "fs")
 
         root_raw = fs.get("root", {"type": "chroot", "uri": "file:."})
