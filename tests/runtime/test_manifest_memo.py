@@ -66,13 +66,58 @@ def test_what_is_remembered_is_what_was_parsed(manifest: dict[str, Any]) -> None
     assert got is not None
     got_manifest, got_table = got
     assert got_manifest == rest
-    assert list(got_table.items()) == list(table.items())
+    assert len(got_table) == len(table)
+    assert dict(got_table) == table
+    for path, sha in table.items():
+        assert got_table.get(path) == got_table[path] == sha
+        assert path in got_table
 
 
-@pytest.mark.parametrize("value", [None, 7, ("geode-manifest-memo/1", {}, [], []),
-                                   (manifest_memo._FORMAT, {}, ["/a"], []),
-                                   (manifest_memo._FORMAT, {}, "/a", "b"),
-                                   (manifest_memo._FORMAT, [], [], [])])
+_TABLES = st.dictionaries(_PATH.map(lambda p: "/" + p), _SHA.map(str.lower), max_size=12)
+_PROBES = st.one_of(_PATH.map(lambda p: "/" + p), _PATH, st.just(""), st.just("/"))
+
+
+@given(_TABLES, st.lists(_PROBES, max_size=8))
+def test_a_grouped_table_answers_as_the_dict(table: dict[str, str], probes: list[str]) -> None:
+    # near misses: each path without its leading "/" (its name, for one at the top), with a
+    # "/" more, and its directory
+    for path in table:
+        probes += [path[1:], path + "/", path[:path.rfind("/")]]
+    groups = manifest_memo.group(table)
+    assert groups is not None
+    got = manifest_memo.GroupedTable(_stored(groups), len(table))
+    for path in [*probes, *table]:  # (misses first: they unpack groups too)
+        assert got.get(path) == table.get(path)
+        assert (path in got) == (path in table)
+        if path not in table:
+            with pytest.raises(KeyError):
+                got[path]
+    assert got.get(7) is None and 7 not in got  # type: ignore[call-overload, operator]
+    assert dict(got) == table and len(got) == len(table)
+
+
+@pytest.mark.parametrize("table", [
+    {"/a/b\0c": "0" * 64},  # a NUL would split the names
+    {"/a/b": "A" * 64},  # not what trusted_table makes: kept as given, never lowered here
+    {"/a/b": "0" * 63},
+    {"/a/b": " " + "0" * 63},  # (fromhex skips spaces)
+    {"relative": "0" * 64},
+])
+def test_a_table_of_another_form_is_not_grouped(table: dict[str, str]) -> None:
+    assert manifest_memo.group(table) is None
+    assert manifest_memo._encode({}, table) is None
+
+
+def test_a_group_whose_sizes_disagree_trusts_nothing() -> None:
+    got = manifest_memo.GroupedTable({"/a": ("b\0c", bytes(32))}, 2)
+    assert got.get("/a/b") is None and got.get("/a/c") is None
+
+
+@pytest.mark.parametrize("value", [None, 7, ("geode-manifest-memo/2", {}, [], []),
+                                   (manifest_memo._FORMAT, {}, ["/a"], 1),
+                                   (manifest_memo._FORMAT, {}, {}, "1"),
+                                   (manifest_memo._FORMAT, [], {}, 0),
+                                   (manifest_memo._FORMAT, {}, {})])
 def test_anything_else_is_not_taken(value: Any) -> None:
     assert manifest_memo._decode(value) is None
 
