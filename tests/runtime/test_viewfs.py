@@ -976,3 +976,27 @@ def test_the_view_allows_exactly_what_the_plan_allows(allowed: list[str],
             assert (fs.classify(host)[0] is Policy.ALLOWED) == plan.is_allowed(host), host
     finally:
         fs.close()
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+@pytest.mark.parametrize("blocks", [0, 1, 2, 3, 7])
+def test_hash_fd_whole_and_chunked(tmp_path: Path, parallel: bool, blocks: int) -> None:
+    """The whole-file digest, chunk table and kept blocks of _hash_fd, with the whole-file
+    hash on its own thread or not, for files of 0 to 7 read blocks (and a partial one)."""
+    from geode.runtime import viewfs
+
+    size = blocks * viewfs.HASH_BLOCK + (123 if blocks else 0)
+    content = os.urandom(size)
+    (tmp_path / "f").write_bytes(content)
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    try:
+        digest, table, kept = viewfs._hash_fd(fd, size, keep=True, parallel=parallel)
+        with pytest.raises(OSError):  # asked for more than the file holds
+            viewfs._hash_fd(fd, size + 1, parallel=parallel)
+    finally:
+        os.close(fd)
+    assert digest == hashlib.sha256(content).hexdigest()
+    assert kept is not None and b"".join(kept) == content
+    chunks = [content[i:i + viewfs.CHUNK_SIZE] for i in range(0, size, viewfs.CHUNK_SIZE)]
+    assert table == b"".join(hashlib.sha256(c).digest()[:viewfs.CHUNK_HASH_SIZE]
+                             for c in chunks)
