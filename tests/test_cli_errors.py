@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -142,3 +145,33 @@ def test_signature_checks_detect_tampering(app: Path, geode_env: dict[str, str])
     (app / "t.sig").write_bytes(bytes(sig))
     bad = run(["geode", "sigstruct", "verify", "t.sig"], geode_env, cwd=app, check=False)
     assert bad.returncode == 1 and "FAIL signature" in bad.stdout
+
+
+def _sandbox_helpers() -> set[int]:
+    """Live processes titled as Geode's sandbox helpers (C and PID 1)."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                title = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")[0]
+                if title in (b"geode-sandbox", b"geode-init"):
+                    found.add(int(entry))
+    return found
+
+
+def test_a_refused_signed_manifest_leaves_no_helper(app: Path, geode_env: dict[str, str]
+                                                    ) -> None:
+    """gramine-direct forks the sandbox's helpers before it reads the manifest: when the
+    manifest is refused, they are gone with the command."""
+    assert render(app, geode_env, GOOD).returncode == 0
+    run(["gramine-sgx-sign", "-q", "-m", "t.manifest", "-o", "t.manifest.sgx"], geode_env,
+        cwd=app)
+    data = (app / "t.manifest.sgx").read_bytes()
+    (app / "t.manifest.sgx").write_bytes(data.replace(b"/app", b"/apq", 1))
+    before = _sandbox_helpers()
+    proc = run(["gramine-direct", "t"], geode_env, cwd=app, check=False)
+    assert_clean_failure(proc, "measurement mismatch", "t.sig")
+    deadline = time.monotonic() + 5  # (PID 1 dies of its parent-death signal, just after)
+    while (left := _sandbox_helpers() - before) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not left

@@ -4,6 +4,7 @@ fed random and mutated files."""
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shutil
 import subprocess
@@ -21,7 +22,27 @@ BINARIES = ["/usr/bin/python3.11", "/usr/bin/bash", "/usr/bin/true", "/usr/sbin/
 
 
 def reader(data: bytes) -> elf.Reader:
-    return lambda offset, size: data[offset:offset + size]
+    """``data`` read as a file is, with pread's limits on offsets and sizes."""
+    def read(offset: int, size: int) -> bytes:
+        if not 0 <= offset <= elf.MAX_OFFSET or not 0 <= size <= elf.MAX_DYNAMIC:
+            raise OverflowError(f"pread({offset}, {size})")
+        return data[offset:offset + size]
+
+    return read
+
+
+def test_offsets_beyond_off_t_are_refused(tmp_path: Path) -> None:
+    """Program header offsets are unsigned 64-bit: one above off_t is an ElfError (a real
+    file's pread raises OverflowError there)."""
+    data = bytearray(TRUE)
+    data[32:40] = ((1 << 64) - 1).to_bytes(8, "little")  # e_phoff
+    (tmp_path / "f").write_bytes(data)
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    try:
+        with pytest.raises(elf.ElfError, match="impossible offset"):
+            elf.dependencies(lambda offset, size: os.pread(fd, size, offset))
+    finally:
+        os.close(fd)
 
 
 def readelf(path: str) -> tuple[str | None, list[str], list[str], list[str]]:

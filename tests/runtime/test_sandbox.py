@@ -100,6 +100,13 @@ def go(m: dict[str, Any], app_dir: Path, host_args: list[str] | None = None) -> 
     return run(m, manifest_path=app_dir / "app.manifest", host_args=host_args or [])
 
 
+def go_ahead(m: dict[str, Any], app_dir: Path) -> int:
+    """As a start command does: the sandbox forked before the manifest is looked at."""
+    with sandbox.Sandbox.ahead() as early:
+        early.advance()
+        return run(m, manifest_path=app_dir / "app.manifest", host_args=[], sandbox=early)
+
+
 # -------------------------------------------------------------------------------- basics
 
 
@@ -597,6 +604,60 @@ def test_sigint_tears_everything_down(app_dir: Path) -> None:
         proc.kill()
 
 
+# -------------------------------------------------------------------------------- forked ahead
+
+
+@pytest.mark.parametrize("how", [go, go_ahead])
+def test_the_configuration_reaches_pid_1_whole(app_dir: Path, how: Any,
+                                               capfd: pytest.CaptureFixture[str]) -> None:
+    """PID 1 receives the configuration as a message: an environment bigger than any
+    single message, non-ASCII arguments and limits all arrive intact, forked ahead or not."""
+    big = {f"BIG{i}": str(i) * (100 * 1024) for i in range(5)}  # (one string: 128 KiB at most)
+    script = 'echo "${#BIG0} ${#BIG4} ${BIG4:0:3} $1"; ulimit -s'
+    m = base_manifest(["/bin/bash", "-c", script, "sh", "été ✓"], loader={"env": big},
+                      sys={"stack": {"size": "3M"}})
+    assert how(m, app_dir) == 0
+    size = 100 * 1024
+    assert capfd.readouterr().out.split("\n")[:2] == [f"{size} {size} 444 été ✓", "3072"]
+
+def test_config_round_trip() -> None:
+    from geode.runtime.process import Limits, ProcessSpec
+
+    spec = ProcessSpec(path="/bin/sh", argv=("sh", "-c", "é"), env={"A": "1", "É": "ü"},
+                       uid=5, gid=6, start_dir="/w",
+                       limits=Limits(stack=1 << 20, nofile=77, address_space=None, tasks=9),
+                       disallow_subprocesses=True, sigterm_injection=True, disable_aslr=True,
+                       hostname="h")
+    cfg = sandbox.SandboxConfig(
+        spec=spec, ids=sandbox.id_mapping(5, 6),
+        mounts=(sandbox.KernelMount("tmpfs", "/tmp"), sandbox.KernelMount("fuse", "/e", "w")),
+        rlimits=((1, 2), (3, 4)))
+    import marshal
+
+    back = sandbox._config_from(marshal.loads(marshal.dumps(sandbox._config_plain(cfg))))
+    assert back == cfg
+    assert type(back.spec.limits) is Limits and type(back.mounts[1]) is sandbox.KernelMount
+
+
+def test_a_sandbox_discarded_before_its_start_leaves_nothing() -> None:
+    """A start command forks the helpers before it reads the manifest; when the manifest
+    is refused they are killed and reaped: C, and PID 1 that was waiting for its
+    configuration."""
+    early = sandbox.Sandbox.ahead()
+    deadline = time.monotonic() + 10
+    while early.init_pid is None and not early.errors:
+        assert time.monotonic() < deadline, "PID 1 was not reported"
+        early.advance()
+        time.sleep(0.005)
+    pids = [early.pid, early.init_pid]
+    assert all(os.path.exists(f"/proc/{p}") for p in pids)
+    titles = {Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[0] for p in pids}
+    assert titles == {b"geode-sandbox", b"geode-init"}
+    early.discard()
+    assert early.ctl is None and early.pidfd is None and early.init_pidfd is None
+    assert not wait_gone(lambda: [p for p in pids if os.path.exists(f"/proc/{p}")])
+
+
 # -------------------------------------------------------------------------------- ordinary user
 
 
@@ -629,8 +690,9 @@ def _preload_run_path() -> None:
     import geode.tee  # noqa: F401
 
 
-def run_as(uid: int, m: dict[str, Any], app_dir: Path) -> dict[str, Any]:
-    """Fork, become ``uid`` for good (no capabilities left) and call run() there."""
+def run_as(uid: int, m: dict[str, Any], app_dir: Path, how: Any = go) -> dict[str, Any]:
+    """Fork, become ``uid`` for good (no capabilities left) and call run() there (through
+    ``how``)."""
     _preload_run_path()
     r, w = os.pipe()
     pid = os.fork()
@@ -644,7 +706,7 @@ def run_as(uid: int, m: dict[str, Any], app_dir: Path) -> dict[str, Any]:
             # a login of this user would be dumpable; setresuid from root cleared it
             ctypes.CDLL(None).prctl(sandbox.PR_SET_DUMPABLE, 1, 0, 0, 0)
             os.chdir("/")
-            result = {"rc": go(m, app_dir)}
+            result = {"rc": how(m, app_dir)}
         except BaseException as e:  # report everything to the parent
             result = {"error": str(e), "type": type(e).__name__}
         finally:
@@ -668,13 +730,16 @@ unprivileged = pytest.mark.skipif(
 
 
 @unprivileged
+@pytest.mark.parametrize("how", [go, go_ahead])
 def test_ordinary_user(app_dir: Path, fuse_for_everyone: None,
-                       capfd: pytest.CaptureFixture[str]) -> None:
+                       capfd: pytest.CaptureFixture[str], how: Any) -> None:
+    """(Forked ahead, an ordinary user's sandbox gets its id maps only with the
+    configuration: they depend on the program's ids.)"""
     script = ("id -u; cat /proc/self/uid_map; echo data > /tmp/f; cat /tmp/f; "
               "python3 -c 'import threading, subprocess; "
               "print(subprocess.run([\"echo\", \"sub\"], capture_output=True, text=True).stdout)'"
               "; exit 6")
-    res = run_as(OVERFLOW_ID, sh(script), app_dir)
+    res = run_as(OVERFLOW_ID, sh(script), app_dir, how)
     assert res == {"rc": 6}
     out = capfd.readouterr().out.split()
     assert out == ["0", "0", str(OVERFLOW_ID), "1", "data", "sub"]
@@ -682,7 +747,7 @@ def test_ordinary_user(app_dir: Path, fuse_for_everyone: None,
     # another in-namespace id: the single id an ordinary user can map is then that one
     m = sh("id -u; id -g; grep '^CapEff' /proc/self/status | awk '{print $2}'",
            loader={"uid": 1000, "gid": 1000})
-    assert run_as(OVERFLOW_ID, m, app_dir) == {"rc": 0}
+    assert run_as(OVERFLOW_ID, m, app_dir, how) == {"rc": 0}
     assert capfd.readouterr().out.split() == ["1000", "1000", "0000000000000000"]
 
 

@@ -154,8 +154,25 @@ def _add_run(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from geode.runtime.sandbox import Sandbox
+
+    # The sandbox's helpers create its namespaces and PID 1 on the other CPU while this
+    # process imports the supervisor and loads the manifest (~10 ms of each start); PID 1
+    # waits for the configuration, so nothing runs in the sandbox before the manifest is
+    # verified. Forked now, while this process is single-threaded (a thread answering
+    # the helpers would wait for the GIL, and stall the loading when it got it).
+    sandbox = Sandbox.ahead()
+    try:
+        return _run_in(args, sandbox)
+    finally:
+        sandbox.discard()
+
+
+def _run_in(args: argparse.Namespace, sandbox: Any) -> int:
     from geode.manifest.banner import banner_text, insecure_settings
     from geode.runtime.supervisor import run
+
+    sandbox.advance()  # (C has made its namespaces by now: it forks I while we load)
 
     # Loading a signed manifest allocates 10^4-10^5 objects (the trusted-files table; when
     # the manifest is parsed, a table per trusted file too) and most live as long as the
@@ -177,7 +194,8 @@ def _run(args: argparse.Namespace) -> int:
     if insecure and manifest.get("loader", {}).get("log_level", "error") != "none":
         print(banner_text(insecure), file=sys.stderr)
     return run(manifest, manifest_path=loaded.path, host_args=list(args.args), tee=tee,
-               identity=loaded.identity, stats_file=args.stats_file, trusted=loaded.trusted)
+               identity=loaded.identity, stats_file=args.stats_file, trusted=loaded.trusted,
+               sandbox=sandbox)
 
 
 RUN = Command("run", "run a program inside its manifest's shield (gramine-direct)", _add_run,

@@ -35,6 +35,8 @@ _DYN = struct.Struct("<qQ")
 MAX_PHNUM = 1024
 MAX_DYNAMIC = 1 << 20
 MAX_STRING = 4096
+#: the largest file offset (off_t): a reader is never asked beyond it
+MAX_OFFSET = (1 << 63) - 1
 
 
 class ElfError(ValueError):
@@ -58,19 +60,23 @@ class Dependencies:
                 f"runpath={self.runpath!r}, rpath={self.rpath!r})")
 
 
+def _read(read: Reader, offset: int, size: int, what: str) -> bytes:
+    """``read(offset, size)`` for an offset a file can have: the format's fields are
+    unsigned 64-bit, file offsets (``off_t``, what ``pread`` takes) signed."""
+    if not 0 <= offset <= MAX_OFFSET:
+        raise ElfError(f"{what} at impossible offset {offset}")
+    return read(offset, size)
+
+
 def _exact(read: Reader, offset: int, size: int, what: str) -> bytes:
-    if offset < 0:
-        raise ElfError(f"{what} at negative offset {offset}")
-    data = read(offset, size)
+    data = _read(read, offset, size, what)
     if len(data) != size:
         raise ElfError(f"truncated {what} at offset {offset}")
     return data
 
 
 def _string(read: Reader, offset: int, what: str) -> str:
-    if offset < 0:
-        raise ElfError(f"{what} at negative offset {offset}")
-    data = read(offset, MAX_STRING)
+    data = _read(read, offset, MAX_STRING, what)
     end = data.find(b"\0")
     if end < 0:
         raise ElfError(f"unterminated {what} at offset {offset}")
@@ -102,7 +108,7 @@ def dependencies(read: Reader) -> Dependencies:
             dynamic = (offset, min(filesz, MAX_DYNAMIC))
     if dynamic is None:
         return Dependencies(interp, (), (), ())
-    data = read(*dynamic)
+    data = _read(read, *dynamic, "dynamic section")
     entries: list[tuple[int, int]] = []
     for pos in range(0, len(data) - _DYN.size + 1, _DYN.size):
         tag, value = _DYN.unpack_from(data, pos)

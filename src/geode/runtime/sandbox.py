@@ -6,8 +6,9 @@ Process tree::
     └── outer helper (C)    forked from S before its FUSE threads start; unshares user, mount,
         │                   pid, uts and ipc namespaces; waits for its child, exits with its
         │                   status
-        └── init (I)        PID 1 of the new pid namespace: builds the root, forks the
-            │               program, reaps every zombie, exits with the program's status
+        └── init (I)        PID 1 of the new pid namespace: waits for the configuration,
+            │               builds the root, forks the program, reaps every zombie, exits
+            │               with the program's status
             └── program (P) execve(libos.entrypoint) after signals reset, fs.start_dir,
                             rlimits, personality, ids, seccomp, fds >= 3 closed
 
@@ -23,11 +24,21 @@ Why this shape:
   *children* only, so the first child of C is PID 1. C is also the only process that can hand
   S a race-free handle on I (a pidfd, passed over the control socket).
 * **The FUSE mount is made inside the sandbox.** A FUSE file system mounted in a user
-  namespace must be mounted with a ``/dev/fuse`` descriptor opened in that namespace, so C
-  opens ``/dev/fuse`` after ``unshare``, I mounts it, and passes the descriptor to S over
-  ``SCM_RIGHTS``; S serves the descriptor (:mod:`geode.runtime.fuse`) and never mounts or
-  unmounts anything itself. The mount exists only in the
-  sandbox's mount namespace and disappears with its last process.
+  namespace must be mounted with a ``/dev/fuse`` descriptor opened in that namespace, so I
+  opens ``/dev/fuse`` (still with the host ids it inherited, before it takes the helper ids),
+  mounts it, and passes the descriptor to S over ``SCM_RIGHTS``; S serves the descriptor
+  (:mod:`geode.runtime.fuse`) and never mounts or unmounts anything itself. The mount exists
+  only in the sandbox's mount namespace and disappears with its last process.
+* **C and I can start before the configuration exists.** Handshake on the control socket
+  (a ``SOCK_SEQPACKET`` pair; marshal data travels in a memfd passed with its message, so
+  that an environment of any size fits): S → C ``ids`` (the id maps), C → S ``userns``
+  (after ``unshare``), S → C ``mapped`` (S wrote the maps, unless C maps itself), C → S
+  ``init N`` with I's pidfd, S → I ``config`` (the :class:`SandboxConfig`), I → S ``fuse``
+  with the view's descriptor, then ``dev``, further ``fuse PATH`` connections, ``ready`` and
+  ``error ...`` reports. A start command forks C as soon as it has parsed its arguments, and
+  sends ``ids`` at once when they do not depend on the program's ids (as root): C and I are
+  then ready while S loads and verifies the manifest, and I waits for ``config``, so nothing
+  runs in the sandbox before the manifest is verified (:meth:`Sandbox.ahead`).
 
 Identity. The program always runs in a fresh user namespace, also when Geode runs as root:
 
@@ -87,17 +98,24 @@ import contextlib
 import ctypes
 import fcntl
 import functools
+import marshal
 import os
 import resource
 import signal
 import stat
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from geode.errors import GeodeError, ManifestError
 from geode.records import Record
 from geode.runtime import seccomp
-from geode.runtime.process import ProcessSpec
+from geode.runtime.process import Limits, ProcessSpec
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, TypeVar
+
+    _T = TypeVar("_T")
 
 __all__ = [
     "DEFAULT_SUBID_BASE",
@@ -360,21 +378,31 @@ def _subid_base(path: str, names: Iterable[str]) -> int:
     return DEFAULT_SUBID_BASE
 
 
+def early_id_mapping() -> IdMapping | None:
+    """The maps :func:`id_mapping` gives whatever the program's ids, if they do not depend on
+    them (as root: a range of subordinate ids); None if they do (an ordinary user maps the
+    program's ids onto their own)."""
+    if os.geteuid() != 0:
+        return None
+    ubase = _subid_base("/etc/subuid", ("root", "0"))
+    gbase = _subid_base("/etc/subgid", ("root", "0"))
+    return IdMapping(
+        uid_map=f"0 {ubase} {SUBID_RANGE}\n",
+        gid_map=f"0 {gbase} {SUBID_RANGE}\n",
+        setgroups="allow",
+        helper_uid=0,
+        helper_gid=0,
+    )
+
+
 def id_mapping(uid: int, gid: int) -> IdMapping:
     """The user-namespace maps for a program running as ``uid``/``gid`` (see module doc)."""
-    if os.geteuid() == 0:
+    early = early_id_mapping()
+    if early is not None:
         for value, key in ((uid, "loader.uid"), (gid, "loader.gid")):
             if value >= SUBID_RANGE:
                 raise ManifestError(f"must be below {SUBID_RANGE}, got {value}", where=key)
-        ubase = _subid_base("/etc/subuid", ("root", "0"))
-        gbase = _subid_base("/etc/subgid", ("root", "0"))
-        return IdMapping(
-            uid_map=f"0 {ubase} {SUBID_RANGE}\n",
-            gid_map=f"0 {gbase} {SUBID_RANGE}\n",
-            setgroups="allow",
-            helper_uid=0,
-            helper_gid=0,
-        )
+        return early
     return IdMapping(
         uid_map=f"{uid} {os.geteuid()} 1\n",
         gid_map=f"{gid} {os.getegid()} 1\n",
@@ -482,6 +510,10 @@ _MSG_MAX = 4096
 _Ctl = _socket.socket
 
 
+class _HelperGone(Exception):
+    """C closed the control socket during the handshake (it has reported why, or died)."""
+
+
 class _SetupFailure(Exception):
     """A setup step failed; the message is user-facing."""
 
@@ -494,9 +526,9 @@ def _send(ctl: _Ctl, msg: bytes, fds: list[int] | None = None) -> None:
         ctl.send(msg)
 
 
-def _recv(ctl: _Ctl, maxfds: int) -> tuple[bytes, list[int]]:
+def _recv(ctl: _Ctl, maxfds: int, flags: int = 0) -> tuple[bytes, list[int]]:
     """A message and the descriptors passed with it (at most ``maxfds``)."""
-    msg, ancillary, _, _ = ctl.recvmsg(_MSG_MAX, _socket.CMSG_LEN(maxfds * 4))
+    msg, ancillary, _, _ = ctl.recvmsg(_MSG_MAX, _socket.CMSG_LEN(maxfds * 4), flags)
     fds: list[int] = []
     for level, kind, data in ancillary:
         if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
@@ -561,8 +593,10 @@ def _map_self(ids: IdMapping) -> None:
                             f"(uid_map {ids.uid_map.strip()!r})") from None
 
 
-def _outer_main(cfg: SandboxConfig, ctl: _Ctl, supervisor: int) -> None:
-    """Runs in C; never returns."""
+def _outer_main(ctl: _Ctl, supervisor: int) -> None:
+    """Runs in C; never returns. C can be started before the sandbox is configured: it
+    creates the namespaces, waits for the id maps (``ids`` message), forks I and reports it;
+    I then waits for the configuration (see :meth:`Sandbox.fork`)."""
     code = 125
     try:
         _set_parent_death_signal(supervisor)
@@ -579,38 +613,23 @@ def _outer_main(cfg: SandboxConfig, ctl: _Ctl, supervisor: int) -> None:
                 "not available to this user (check user.max_user_namespaces, "
                 "kernel.unprivileged_userns_clone, AppArmor or a container's seccomp profile)"
             ) from None
-        if cfg.ids.self_map:
-            _map_self(cfg.ids)
+        ids = _receive(ctl, b"ids", _ids_from)
+        if ids.self_map:
+            _map_self(ids)
         _send(ctl, b"userns")
         if ctl.recv(64) != b"mapped":
             os._exit(125)
-        # Must be opened inside the new user namespace (the kernel requires the mounter and
-        # the opener of /dev/fuse to share it), and before switching ids (as root, /dev/fuse
-        # is typically 0600).
-        try:
-            fuse_fds = [os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
-                        for _ in range(1 + sum(m.kind == "fuse" for m in cfg.mounts))]
-        except OSError as e:
-            raise _SetupFailure(f"FUSE is not available: cannot open /dev/fuse: "
-                                f"{e.strerror}") from None
-        if cfg.ids.setgroups == "allow":
-            os.setgroups([])
-        os.setresgid(cfg.ids.helper_gid, cfg.ids.helper_gid, cfg.ids.helper_gid)
-        os.setresuid(cfg.ids.helper_uid, cfg.ids.helper_uid, cfg.ids.helper_uid)
-        # Credential changes (unshare of the user namespace, setresuid) clear the parent-death
-        # signal: set it again now, and make sure S did not die in between.
-        _set_parent_death_signal(supervisor)
         # Our cwd must not pin a host directory once I has pivoted (pivot_root moves the root
         # and cwd of every process of the mount namespace that uses the old root).
         os.chdir("/")
         pid = os.fork()
         if pid == 0:
-            _init_main(cfg, ctl, fuse_fds)  # never returns
+            _init_main(ids, ctl)  # never returns
+        _become_helper(ids)
+        _set_parent_death_signal(supervisor)
         pidfd = os.pidfd_open(pid)
         _send(ctl, b"init %d" % pid, [pidfd])
         os.close(pidfd)
-        for fd in fuse_fds:
-            os.close(fd)
         ctl.close()
         _, status = os.waitpid(pid, 0)
         code = _exit_code(status)
@@ -622,12 +641,79 @@ def _outer_main(cfg: SandboxConfig, ctl: _Ctl, supervisor: int) -> None:
         os._exit(code)
 
 
+def _become_helper(ids: IdMapping) -> None:
+    """Take the in-namespace ids Geode's helpers run as (the credential change clears the
+    parent-death signal: the caller sets it again)."""
+    if ids.setgroups == "allow":
+        os.setgroups([])
+    os.setresgid(ids.helper_gid, ids.helper_gid, ids.helper_gid)
+    os.setresuid(ids.helper_uid, ids.helper_uid, ids.helper_uid)
+
+
+def _receive(ctl: _Ctl, kind: bytes, decode: Callable[[Any], _T]) -> _T:
+    """The next message, which must be ``kind`` with its marshal data in a memfd (any size:
+    an environment can exceed what one message holds); exits quietly if S is gone."""
+    msg, fds = _recv(ctl, 1)
+    if msg != kind or len(fds) != 1:
+        for fd in fds:
+            os.close(fd)
+        if not msg:
+            os._exit(125)  # S is gone (its sandbox discarded)
+        raise _SetupFailure(f"unexpected message from the supervisor: {msg[:32]!r}")
+    try:
+        size = os.fstat(fds[0]).st_size
+        data = bytearray()
+        while len(data) < size:
+            chunk = os.pread(fds[0], size - len(data), len(data))
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(fds[0])
+    try:
+        return decode(marshal.loads(data))
+    except (ValueError, TypeError, EOFError) as e:
+        raise _SetupFailure(f"bad {kind.decode()} message from the supervisor: {e}") from None
+
+
+def _memfd_message(name: str, value: Any) -> int:
+    """A memfd holding ``marshal.dumps(value)``, to pass with a message."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    try:
+        data = memoryview(marshal.dumps(value))
+        while data:
+            data = data[os.write(fd, data):]
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _ids_from(value: Any) -> IdMapping:
+    return IdMapping(*value)
+
+
+def _config_plain(cfg: SandboxConfig) -> tuple[Any, ...]:
+    """``cfg`` as marshal data (tuples, dicts and scalars), for :func:`_config_from`."""
+    spec = cfg.spec._replace(env=dict(cfg.spec.env), limits=tuple(cfg.spec.limits))
+    return (tuple(spec), tuple(cfg.ids), tuple(cfg.root), tuple(tuple(m) for m in cfg.mounts),
+            tuple(tuple(r) for r in cfg.rlimits))
+
+
+def _config_from(value: Any) -> SandboxConfig:
+    spec, ids, root, mounts, rlimits = value
+    spec = ProcessSpec(*spec)
+    return SandboxConfig(spec=spec._replace(limits=Limits(*spec.limits)), ids=IdMapping(*ids),
+                         root=FuseRoot(*root), mounts=tuple(KernelMount(*m) for m in mounts),
+                         rlimits=tuple(tuple(r) for r in rlimits))
+
+
 # --------------------------------------------------------------------------------------------
 # I: PID 1
 # --------------------------------------------------------------------------------------------
 
 
-def _init_main(cfg: SandboxConfig, ctl: _Ctl, fuse_fds: list[int]) -> None:
+def _init_main(ids: IdMapping, ctl: _Ctl) -> None:
     """Runs as PID 1 of the sandbox; never returns."""
     code = 125
     try:
@@ -636,7 +722,22 @@ def _init_main(cfg: SandboxConfig, ctl: _Ctl, fuse_fds: list[int]) -> None:
         _set_title("geode-init")
         # PID 1 ignores signals it has no handler for; drop the handler Python installed.
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-        _build_root(cfg, ctl, fuse_fds)
+        dev_fds = _open_dev_nodes()
+        cfg = _receive(ctl, b"config", _config_from)
+        if cfg.ids != ids:
+            raise _SetupFailure("the configuration's id maps are not the namespace's")
+        # Must be opened inside the new user namespace (the kernel requires the mounter and
+        # the opener of /dev/fuse to share it), and before switching ids (as root, /dev/fuse
+        # is typically 0600).
+        try:
+            fuse_fds = [os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+                        for _ in range(1 + sum(m.kind == "fuse" for m in cfg.mounts))]
+        except OSError as e:
+            raise _SetupFailure(f"FUSE is not available: cannot open /dev/fuse: "
+                                f"{e.strerror}") from None
+        _become_helper(ids)
+        _set_parent_death_signal(None)
+        _build_root(cfg, ctl, fuse_fds, dev_fds)
         _socket.sethostname(cfg.spec.hostname)
         seccomp.install(base=True)
         _send(ctl, b"ready")
@@ -724,18 +825,27 @@ def _fuse_options(cfg: SandboxConfig, fd: int) -> str:
             + (f",{cfg.root.options}" if cfg.root.options else ""))
 
 
-def _build_root(cfg: SandboxConfig, ctl: _Ctl, fuse_fds: list[int]) -> None:
-    """Steps 1-6 of the mount order (module docstring). Runs in I."""
-    # Host sources, opened before anything is covered.
+def _open_dev_nodes() -> dict[str, int]:
+    """The host's device nodes (O_PATH), opened before anything covers them; runs in I
+    before the configuration arrives. (Nothing is created yet: I still has the host ids,
+    which the namespace does not map, and a file made with them could not be owned.)"""
     dev_fds: dict[str, int] = {}
     for name in DEV_NODES:
         try:
             dev_fds[name] = os.open(f"/dev/{name}", os.O_PATH | os.O_CLOEXEC)
         except OSError as e:
             raise _SetupFailure(f"cannot open host device /dev/{name}: {e.strerror}") from None
-
     try:
         _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    except OSError as e:
+        raise _SetupFailure(f"cannot prepare the sandbox's mount namespace: {e}") from None
+    return dev_fds
+
+
+def _build_root(cfg: SandboxConfig, ctl: _Ctl, fuse_fds: list[int],
+                dev_fds: dict[str, int]) -> None:
+    """Steps 1-6 of the mount order (module docstring). Runs in I, as the helper ids."""
+    try:
         stage = _stage_dir()
         _mount("geode-stage", stage, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0700")
     except OSError as e:
@@ -894,9 +1004,15 @@ class Sandbox:
     :attr:`fuse_fd`; the caller must then serve it at once, since PID 1 keeps building the
     root through it. After that the control socket (:attr:`ctl`) is
     non-blocking; read it with :meth:`read_messages`.
+
+    :meth:`fork` may come first, before the configuration is known: C creates the
+    namespaces and forks I, which prepares what it can and waits for :meth:`start`'s
+    configuration, while the caller loads its manifest, calling :meth:`advance` now and then
+    to answer C. Until :meth:`start` returns, nothing runs in the sandbox but Geode's
+    helpers; :meth:`discard` (or leaving the ``with`` block) kills them.
     """
 
-    def __init__(self, cfg: SandboxConfig) -> None:
+    def __init__(self, cfg: SandboxConfig | None = None) -> None:
         self.cfg = cfg
         self.pid: int | None = None  #: C's pid
         self.pidfd: int | None = None  #: pidfd of C (readable when C exits)
@@ -913,10 +1029,25 @@ class Sandbox:
         self.ready = False
         self.eof = False
         self.status: int | None = None
+        #: the id maps sent to C (it waits for them before it maps its user namespace)
+        self._ids: IdMapping | None = None
+        #: what went wrong in :meth:`advance`, for :meth:`start` to raise
+        self._failure: Exception | None = None
 
     # ---------------------------------------------------------------- start / handshake
 
-    def start(self) -> None:
+    @classmethod
+    def ahead(cls) -> Sandbox:
+        """A sandbox forked before its configuration is known (see :meth:`fork`), with the
+        id maps sent if they do not depend on the program's ids (:func:`early_id_mapping`);
+        the caller calls :meth:`advance` while it works, then :meth:`start`."""
+        sandbox = cls()
+        sandbox.fork(early_id_mapping())
+        return sandbox
+
+    def fork(self, ids: IdMapping | None = None) -> None:
+        """Start C, sending it ``ids`` if given (else :meth:`start` sends the
+        configuration's)."""
         _prepare_children()
         parent, child = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
         supervisor = os.getpid()
@@ -925,36 +1056,104 @@ class Sandbox:
             try:
                 parent.close()
             finally:
-                _outer_main(self.cfg, child, supervisor)
+                _outer_main(child, supervisor)
         child.close()
         self.pid, self.ctl = pid, parent
         self.pidfd = os.pidfd_open(pid)
+        if ids is not None:
+            self._send_ids(ids)
+
+    def advance(self) -> None:
+        """Answer what C has said so far (map its user namespace, so that it forks I),
+        without waiting. A failure is left for :meth:`start` to report."""
+        if self.ctl is None or self.eof or self.init_pidfd is not None or self._failure:
+            return
         try:
-            self._handshake()
-        except BaseException:
+            self._expect(lambda: self.init_pidfd is not None, block=False)
+        except Exception as e:
+            self._failure = e
+
+    def start(self, cfg: SandboxConfig | None = None) -> None:
+        """Configure the sandbox (forking it first if :meth:`fork` was not called) and wait
+        until the view is mounted. On any failure the helpers are killed and reaped."""
+        if cfg is not None:
+            self.cfg = cfg
+        assert self.cfg is not None
+        if self.pid is None:
+            self.fork(self.cfg.ids)
+        try:
+            if self._failure is not None:
+                raise self._failure
+            if self._ids is None:
+                self._send_ids(self.cfg.ids)
+            elif self._ids != self.cfg.ids:
+                raise SandboxError("the sandbox was forked with other id maps than its "
+                                   "configuration's")
+            self._expect(lambda: self.init_pidfd is not None)
+            assert self.ctl is not None
+            fd = _memfd_message("geode-config", _config_plain(self.cfg))
+            try:
+                _send(self.ctl, b"config", [fd])
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # I is gone: the handshake reads why
+            finally:
+                os.close(fd)
+            self._expect(lambda: self.fuse_fd is not None)
+        except BaseException as e:
             self.kill()
             self.wait()
+            if isinstance(e, _HelperGone):
+                raise SandboxError(self._failure_text()) from None
             raise
-        parent.setblocking(False)
-
-    def _recv(self) -> tuple[bytes, list[int]]:
         assert self.ctl is not None
-        return _recv(self.ctl, 2)
+        self.ctl.setblocking(False)
 
-    def _handshake(self) -> None:
-        mapped = False
-        while self.init_pidfd is None or self.fuse_fd is None:
-            msg, fds = self._recv()
+    def discard(self) -> None:
+        """Kill and reap the helpers (if they were started) and close everything."""
+        if self.status is None and self.pid is not None:
+            self.kill()
+            self.wait()
+        self.close()
+
+    def _send_ids(self, ids: IdMapping) -> None:
+        assert self.ctl is not None
+        self._ids = ids
+        fd = _memfd_message("geode-ids", tuple(ids))
+        try:
+            _send(self.ctl, b"ids", [fd])
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # C is gone: the handshake reads why
+        finally:
+            os.close(fd)
+
+    def _recv(self, flags: int = 0) -> tuple[bytes, list[int]]:
+        assert self.ctl is not None
+        try:
+            return _recv(self.ctl, 2, flags)
+        except ConnectionResetError:
+            # C or I closed the socket with a message of ours unread (say C could not
+            # create the namespaces before it read its ids): the kernel says so once,
+            # before what they sent
+            return _recv(self.ctl, 2, flags)
+
+    def _expect(self, done: Callable[[], bool], *, block: bool = True) -> None:
+        """Read and act on C's and I's messages until ``done()`` (without ``block``: until
+        no message is waiting either)."""
+        while not done():
+            try:
+                msg, fds = self._recv(0 if block else _socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
             if not msg:
                 self.eof = True
-                self.wait()
-                raise SandboxError(self._failure_text())
-            if msg == b"userns" and not mapped:
-                if not self.cfg.ids.self_map:
+                raise _HelperGone
+            if msg == b"userns":
+                assert self._ids is not None
+                if not self._ids.self_map:
                     self._write_maps()
                 assert self.ctl is not None
-                self.ctl.send(b"mapped")
-                mapped = True
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    self.ctl.send(b"mapped")  # (if C is gone, the next read says why)
             elif msg.startswith(b"init ") and fds:
                 self.init_pid = int(msg.split()[1])
                 self.init_pidfd = fds[0]
@@ -972,7 +1171,8 @@ class Sandbox:
                 raise SandboxError(f"unexpected message from the sandbox helper: {msg!r}")
 
     def _write_maps(self) -> None:
-        ids = self.cfg.ids
+        ids = self._ids
+        assert ids is not None
         proc = f"/proc/{self.pid}"
         try:
             if ids.setgroups == "deny":
@@ -1077,8 +1277,5 @@ class Sandbox:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.status is None and self.pid is not None:
-            self.kill()
-            self.wait()
-        self.close()
+        self.discard()
 

@@ -7,8 +7,12 @@ The supervisor is the ``geode`` process itself. It
    key and nothing is left behind;
 2. checks that the machine can build a sandbox (user namespaces, FUSE) and says in one line
    what is missing;
-3. starts the sandbox (:class:`geode.runtime.sandbox.Sandbox`: fork while single-threaded,
-   write the user-namespace id maps, receive PID 1's pidfd and the FUSE descriptor);
+3. starts the sandbox (:class:`geode.runtime.sandbox.Sandbox`: write the user-namespace id
+   maps, receive PID 1's pidfd, send the configuration, receive the FUSE descriptor). A
+   command starting one program forks the sandbox's helpers ahead, single-threaded, before
+   it loads the manifest (:meth:`~geode.runtime.sandbox.Sandbox.ahead`): they create the
+   namespaces and PID 1 while the manifest is read and verified, and PID 1 waits for the
+   configuration; nothing else runs in the sandbox before it;
 4. serves the FUSE view on worker threads (:mod:`geode.runtime.fuse` on the ``/dev/fuse``
    descriptor PID 1 mounted inside the sandbox, see :mod:`geode.runtime.sandbox`; the view's
    readahead is raised once its device number is known) while the main thread polls the
@@ -174,13 +178,16 @@ def sandbox_config(spec: ProcessSpec, *, root: FuseRoot,
 
 
 def supervise(cfg: SandboxConfig, *, fs: Any, serve: Serve,
-              on_mounted: Callable[[int], object] | None = None) -> int:
+              on_mounted: Callable[[int], object] | None = None,
+              sandbox: Sandbox | None = None) -> int:
     """Start the sandbox described by ``cfg`` and supervise it until it exits.
 
     ``serve(fs, fd, path)`` serves the view's connection mounted at ``path`` (``/``, and the
     ``"fuse"`` kernel mounts of ``cfg``) on the ``/dev/fuse`` descriptor PID 1 mounted it with
     (on a thread of its own; it returns when the connection ends) and ``on_mounted(st_dev)``
     is called once each connection's device number is known.
+    ``sandbox``, if given, is a :class:`Sandbox` forked ahead (:meth:`Sandbox.ahead`) for
+    ``cfg``; it is used up either way.
     Returns the program's exit status; raises :class:`GeodeError` if the sandbox could not be
     built or the program could not be executed.
     """
@@ -196,11 +203,12 @@ def supervise(cfg: SandboxConfig, *, fs: Any, serve: Serve,
     old_handlers = {s: signal.signal(s, lambda signum, frame: pending.append(signum))
                     for s in _TEARDOWN_SIGNALS}
     old_wakeup = signal.set_wakeup_fd(wake_w)
-    sandbox = Sandbox(cfg)
+    if sandbox is None:
+        sandbox = Sandbox()
     servers: dict[str, threading.Thread] = {}
     failure: list[BaseException] = []
     try:
-        sandbox.start()  # on any failure it has killed and reaped its helpers
+        sandbox.start(cfg)  # on any failure it has killed and reaped its helpers
         if pending:
             sandbox.kill()
             sandbox.wait()
@@ -344,7 +352,7 @@ def _view_for(plan: Any, manifest: Mapping[str, Any],
 def run(manifest: dict[str, Any], *, manifest_path: str | os.PathLike[str],
         host_args: list[str], tee: str = "none", identity: Any = None,
         stats_file: str | os.PathLike[str] | None = None,
-        trusted: Mapping[str, str] | None = None) -> int:
+        trusted: Mapping[str, str] | None = None, sandbox: Sandbox | None = None) -> int:
     """Run ``libos.entrypoint`` of the (already verified) rendered ``manifest`` in the shield.
 
     ``manifest_path`` locates the manifest; relative ``file:`` URIs resolve against its
@@ -357,6 +365,8 @@ def run(manifest: dict[str, Any], *, manifest_path: str | os.PathLike[str],
     ``trusted``, if given, is the plan's table of trusted files for this manifest, computed
     before (:func:`geode.runtime.plan.trusted_table`); ``manifest`` may then lack
     ``sgx.trusted_files`` (a start's :func:`geode.cli.run.load_for_run` takes it out).
+    ``sandbox``, if given, was forked ahead (:meth:`geode.runtime.sandbox.Sandbox.ahead`);
+    the caller discards it if this raises before using it.
     """
     configure_logging(manifest)
     base_dir = os.path.dirname(os.path.abspath(manifest_path))
@@ -388,7 +398,8 @@ def run(manifest: dict[str, Any], *, manifest_path: str | os.PathLike[str],
     # while the sandbox was built.
     fs.prefetch(spec.path, spec.env.get("LD_LIBRARY_PATH", "").split(":"))
     try:
-        return supervise(cfg, fs=fs, serve=viewfs.serve_fd, on_mounted=viewfs.tune_readahead)
+        return supervise(cfg, fs=fs, serve=viewfs.serve_fd, on_mounted=viewfs.tune_readahead,
+                         sandbox=sandbox)
     except OSError as e:
         if e.errno in (errno.EPERM, errno.EACCES, errno.ENOSPC):
             raise GeodeError(f"cannot start the sandbox: {e}") from None
