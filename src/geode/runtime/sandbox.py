@@ -1090,14 +1090,7 @@ class Sandbox:
                 raise SandboxError("the sandbox was forked with other id maps than its "
                                    "configuration's")
             self._expect(lambda: self.init_pidfd is not None)
-            assert self.ctl is not None
-            fd = _memfd_message("geode-config", _config_plain(self.cfg))
-            try:
-                _send(self.ctl, b"config", [fd])
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # I is gone: the handshake reads why
-            finally:
-                os.close(fd)
+            self._send_data(b"config", _config_plain(self.cfg))
             self._expect(lambda: self.fuse_fd is not None)
         except BaseException as e:
             self.kill()
@@ -1116,13 +1109,17 @@ class Sandbox:
         self.close()
 
     def _send_ids(self, ids: IdMapping) -> None:
-        assert self.ctl is not None
         self._ids = ids
-        fd = _memfd_message("geode-ids", tuple(ids))
+        self._send_data(b"ids", tuple(ids))
+
+    def _send_data(self, kind: bytes, value: Any) -> None:
+        """Send ``kind`` with ``value`` as marshal data in a memfd (see :func:`_receive`)."""
+        assert self.ctl is not None
+        fd = _memfd_message("geode-" + kind.decode(), value)
         try:
-            _send(self.ctl, b"ids", [fd])
+            _send(self.ctl, kind, [fd])
         except (BrokenPipeError, ConnectionResetError):
-            pass  # C is gone: the handshake reads why
+            pass  # the helper is gone: the handshake reads why
         finally:
             os.close(fd)
 
