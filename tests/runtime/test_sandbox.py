@@ -658,6 +658,31 @@ def test_a_sandbox_discarded_before_its_start_leaves_nothing() -> None:
     assert not wait_gone(lambda: [p for p in pids if os.path.exists(f"/proc/{p}")])
 
 
+def test_a_sandbox_that_fails_to_fork_leaves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """If the supervisor cannot finish forking C (here: no descriptor left for its pidfd),
+    C is killed and reaped before the error propagates."""
+    import errno
+
+    forked: list[int] = []
+    real_fork = os.fork
+
+    def fork() -> int:
+        pid = real_fork()
+        if pid:
+            forked.append(pid)
+        return pid
+
+    def no_pidfd(pid: int) -> int:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(sandbox.os, "fork", fork)
+    monkeypatch.setattr(sandbox.os, "pidfd_open", no_pidfd)
+    with pytest.raises(OSError):
+        sandbox.Sandbox.ahead()
+    assert len(forked) == 1
+    assert not os.path.exists(f"/proc/{forked[0]}")
+
+
 # -------------------------------------------------------------------------------- ordinary user
 
 

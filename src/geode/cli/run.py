@@ -161,7 +161,10 @@ def _run(args: argparse.Namespace) -> int:
     # waits for the configuration, so nothing runs in the sandbox before the manifest is
     # verified. Forked now, while this process is single-threaded (a thread answering
     # the helpers would wait for the GIL, and stall the loading when it got it).
-    sandbox = Sandbox.ahead()
+    try:
+        sandbox = Sandbox.ahead()
+    except OSError as e:  # (fork, socketpair, memfd: out of processes or descriptors)
+        raise GeodeError(f"cannot start the sandbox: {e.strerror}") from None
     try:
         return _run_in(args, sandbox)
     finally:

@@ -1059,9 +1059,13 @@ class Sandbox:
                 _outer_main(child, supervisor)
         child.close()
         self.pid, self.ctl = pid, parent
-        self.pidfd = os.pidfd_open(pid)
-        if ids is not None:
-            self._send_ids(ids)
+        try:
+            self.pidfd = os.pidfd_open(pid)
+            if ids is not None:
+                self._send_ids(ids)
+        except BaseException:
+            self.discard()
+            raise
 
     def advance(self) -> None:
         """Answer what C has said so far (map its user namespace, so that it forks I),
@@ -1238,6 +1242,10 @@ class Sandbox:
             if fd is not None:
                 with contextlib.suppress(ProcessLookupError, OSError):
                     signal.pidfd_send_signal(fd, signal.SIGKILL)
+        if self.pidfd is None and self.pid is not None and self.status is None:
+            # (no pidfd: C is an unreaped child of ours, so its pid is still its own)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
 
     def poll(self) -> int | None:
         """C's exit code if it has exited (reaping it), else None."""
