@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     import argparse
     from typing import Any
 
+    from geode.runtime.sandbox import Sandbox
+
 log = get_logger("geode")
 
 TEE_CHOICES = ("none", "sim", "tdx", "snp")
@@ -171,7 +173,7 @@ def _run(args: argparse.Namespace) -> int:
         sandbox.discard()
 
 
-def _run_in(args: argparse.Namespace, sandbox: Any) -> int:
+def _run_in(args: argparse.Namespace, sandbox: Sandbox) -> int:
     from geode.manifest.banner import banner_text, insecure_settings
     from geode.runtime.supervisor import run
 
