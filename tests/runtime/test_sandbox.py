@@ -658,6 +658,46 @@ def test_a_sandbox_discarded_before_its_start_leaves_nothing() -> None:
     assert not wait_gone(lambda: [p for p in pids if os.path.exists(f"/proc/{p}")])
 
 
+@pytest.mark.parametrize("when", ["before-ids", "waiting-for-config"])
+def test_a_supervisor_killed_before_the_start_leaves_nothing(when: str) -> None:
+    """The supervisor dies (SIGKILL) while its helpers wait: for their id maps, or, PID 1,
+    for the configuration. They go too (end of the control socket, parent-death signals)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the supervisor
+        try:
+            os.close(r)
+            early = sandbox.Sandbox()
+            early.fork(None if when == "before-ids" else sandbox.early_id_mapping())
+            pids = [early.pid]
+            if when == "waiting-for-config":
+                while early.init_pid is None and not early.errors:
+                    early.advance()
+                    time.sleep(0.005)
+                pids.append(early.init_pid)
+            os.write(w, json.dumps(pids).encode())
+            time.sleep(60)
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        ready, _, _ = select.select([r], [], [], 30)
+        assert ready
+        helpers = json.loads(os.read(r, 1000))
+        assert len(helpers) == (1 if when == "before-ids" else 2) and all(helpers)
+        assert all(os.path.exists(f"/proc/{p}") for p in helpers)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(r)
+
+    def alive() -> list[int]:
+        return [p for p in helpers if os.path.exists(f"/proc/{p}")
+                and Path(f"/proc/{p}/cmdline").read_bytes()]  # (a zombie has none)
+
+    assert not wait_gone(alive)
+
+
 def test_a_sandbox_that_fails_to_fork_leaves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     """If the supervisor cannot finish forking C (here: no descriptor left for its pidfd),
     C is killed and reaped before the error propagates."""
