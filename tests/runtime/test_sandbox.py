@@ -620,6 +620,34 @@ def test_the_configuration_reaches_pid_1_whole(app_dir: Path, how: Any,
     size = 100 * 1024
     assert capfd.readouterr().out.split("\n")[:2] == [f"{size} {size} 444 été ✓", "3072"]
 
+def test_the_interpreter_and_c_library_are_served_from_memory(
+        app_dir: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """A dynamically linked entry point's ELF interpreter and C library are read-only copies
+    of their verified bytes, bound over their paths: the program sees the same content,
+    cannot write or unmount them, and cannot reach where PID 1 made them."""
+    ld_so = os.path.realpath("/lib64/ld-linux-x86-64.so.2")
+    libc = "/lib/x86_64-linux-gnu/libc.so.6"
+    script = (f"grep -c ' - tmpfs ' /proc/self/mountinfo; sha256sum {libc} | cut -c1-64; "
+              f"cat /proc/self/mountinfo | awk '{{print $5}}' | grep -x {libc}; "
+              f"(echo x >> {libc}) 2>&1 | grep -c 'Read-only'; "
+              f"umount {libc} 2>/dev/null; echo umount $?; "
+              f"ls /tmp | wc -l")
+    m = base_manifest(["/bin/bash", "-c", script],
+                      sgx={"trusted_files": [{"uri": f"file:{p}", "sha256": _sha(p)}
+                                             for p in ("/bin/bash", ld_so, libc)]})
+    assert go(m, app_dir) == 0
+    tmpfs, digest, bound, readonly, umount, in_tmp = capfd.readouterr().out.split("\n")[:6]
+    assert int(tmpfs) >= 3  # /tmp, /dev/shm, and the copies
+    assert digest == _sha(libc)
+    assert bound == libc and readonly == "1"
+    assert umount != "umount 0"
+    assert in_tmp == "0"
+
+
+def _sha(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def test_config_round_trip() -> None:
     from geode.runtime.process import Limits, ProcessSpec
 
@@ -631,7 +659,7 @@ def test_config_round_trip() -> None:
     cfg = sandbox.SandboxConfig(
         spec=spec, ids=sandbox.id_mapping(5, 6),
         mounts=(sandbox.KernelMount("tmpfs", "/tmp"), sandbox.KernelMount("fuse", "/e", "w")),
-        rlimits=((1, 2), (3, 4)))
+        rlimits=((1, 2), (3, 4)), promote=("/lib/a.so", "/lib/é.so"))
     import marshal
 
     back = sandbox._config_from(marshal.loads(marshal.dumps(sandbox._config_plain(cfg))))

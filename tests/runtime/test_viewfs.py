@@ -786,26 +786,37 @@ def test_prefetched_entry_point_is_served_only_if_unchanged(tmp_path: Path, chan
     assert fs._prefetched == {}
 
 
-def test_prefetch_follows_the_entry_points_libraries(tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    """The interpreter and the libraries a dynamically linked entry point needs are hashed
-    ahead too, found as ld.so finds them (an untrusted copy earlier in the search path is
-    passed over), and the program's opens use those results."""
+LIBC = "/lib/x86_64-linux-gnu/libc.so.6"
+LD_SO = "/lib64/ld-linux-x86-64.so.2"
+
+
+def _dynamic_tree(tmp_path: Path) -> tuple[Any, Path, dict[str, str]]:
+    """A view whose /bin/app is `true` with its interpreter and C library where ld.so finds
+    them, all trusted, and an untrusted C library in /opt: (view, root, files)."""
     from geode.runtime import viewfs
     from geode.runtime.plan import ViewPlan
 
     root = tmp_path / "root"
     for d in ("bin", "opt", "lib64", "lib/x86_64-linux-gnu"):
         (root / d).mkdir(parents=True)
-    libc = "/lib/x86_64-linux-gnu/libc.so.6"
-    ld_so = "/lib64/ld-linux-x86-64.so.2"
-    files = {"bin/app": "/usr/bin/true", ld_so[1:]: ld_so, libc[1:]: libc, "opt/libc.so.6": libc}
+    files = {"bin/app": "/usr/bin/true", LD_SO[1:]: LD_SO, LIBC[1:]: LIBC,
+             "opt/libc.so.6": LIBC}
     for rel, src in files.items():
         shutil.copy(src, root / rel)
     trusted_files = [trusted(root / rel) for rel in files if not rel.startswith("opt/")]
     manifest: dict[str, Any] = {"fs": {"root": {"uri": f"file:{root}"}},
                                 "sgx": {"trusted_files": trusted_files}}
-    fs = viewfs.ViewFS(ViewPlan.from_manifest(manifest, base_dir=tmp_path), manifest)
+    return viewfs.ViewFS(ViewPlan.from_manifest(manifest, base_dir=tmp_path), manifest), root, files
+
+
+def test_prefetch_follows_the_entry_points_libraries(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The interpreter and the libraries a dynamically linked entry point needs are hashed
+    ahead too, found as ld.so finds them (an untrusted copy earlier in the search path is
+    passed over), and the program's opens use those results."""
+    from geode.runtime import viewfs
+
+    fs, root, files = _dynamic_tree(tmp_path)
     fs.prefetch("/bin/app", ["/opt", "relative", "/missing", ""])
     idents = {(os.stat(root / rel).st_dev, os.stat(root / rel).st_ino): rel for rel in files}
     app = os.stat(root / "bin" / "app")
@@ -827,6 +838,48 @@ def test_prefetch_follows_the_entry_points_libraries(tmp_path: Path,
         assert r.returncode == 0, r.stderr
         assert hashed == []
         assert fs._prefetched == {}
+
+
+def test_prefetch_leaves_out_what_the_program_reads_elsewhere(tmp_path: Path) -> None:
+    """Files PID 1 serves from the sandbox's memory are not hashed ahead for the view."""
+    fs, root, files = _dynamic_tree(tmp_path)
+    fs.prefetch("/bin/app", ["/opt"], exclude={LIBC})
+    idents = {(os.stat(root / rel).st_dev, os.stat(root / rel).st_ino): rel for rel in files}
+    app = os.stat(root / "bin" / "app")
+    assert fs._prefetched[(app.st_dev, app.st_ino)].done.wait(30)  # (dependencies queued)
+    jobs = dict(fs._prefetched)
+    for job in jobs.values():
+        assert job.done.wait(30)
+    assert sorted(idents[k] for k in jobs) == ["bin/app", "lib64/ld-linux-x86-64.so.2"]
+    fs.close()
+
+
+def test_libraries_and_their_verified_copies(tmp_path: Path) -> None:
+    """What PID 1 serves from the sandbox's memory: the interpreter and libraries of the
+    entry point (not the entry point, not an untrusted copy earlier in the search path, not
+    a trusted file that does not match the manifest), as sealed copies of verified bytes."""
+    import fcntl
+
+    fs, root, _ = _dynamic_tree(tmp_path)
+    libc, ld_so = LIBC, LD_SO
+    assert fs.libraries("/bin/app", ["/opt"]) == [ld_so, libc]
+    memfd = fs.verified_copy(libc)
+    assert memfd is not None
+    try:
+        assert os.pread(memfd, 64 << 20, 0) == Path(libc).read_bytes()
+        seals = fcntl.fcntl(memfd, fcntl.F_GET_SEALS)
+        assert seals & fcntl.F_SEAL_WRITE and seals & fcntl.F_SEAL_SEAL
+        with pytest.raises(PermissionError):
+            os.pwrite(memfd, b"x", 0)
+    finally:
+        os.close(memfd)
+    assert fs.verified_copy("/opt/libc.so.6") is None  # not trusted
+    assert fs.verified_copy("/bin/missing") is None
+    with open(root / libc[1:], "r+b") as f:  # changed since the manifest was made
+        f.seek(100)
+        f.write(b"\xff")
+    assert fs.verified_copy(libc) is None
+    fs.close()
 
 
 def test_prefetch_follows_gramines_interpreter_link(tmp_path: Path) -> None:

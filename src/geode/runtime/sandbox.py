@@ -75,8 +75,11 @@ mount)::
     5. /dev/{null,zero,full,random,urandom,tty}: bind mounts of the host's device nodes onto
        the view's placeholders; devpts (newinstance, ptmxmode=0666) at /dev/pts and its ptmx
        bound onto /dev/ptmx; a tmpfs at /dev/shm
-    6. pivot_root into root/, and the old root detached (MNT_DETACH): nothing of the host
-       remains reachable by path
+       (5b) the files of ``SandboxConfig.promote`` (the entry point's ELF interpreter and
+       libraries): copies of the verified bytes S sent in sealed memfds, made in the staging
+       tmpfs (promoted/) and bound read-only over their paths in root/
+    6. pivot_root into root/, and the old root detached (MNT_DETACH): nothing of the host,
+       nor of the staging tmpfs, remains reachable by path
     7. hostname (UTS namespace), then I installs the seccomp filter before forking P
 
 Lifetime. S never forwards host signals except the one ``sys.enable_sigterm_injection``
@@ -96,6 +99,7 @@ from __future__ import annotations
 import _socket
 import contextlib
 import ctypes
+import errno
 import fcntl
 import functools
 import marshal
@@ -104,7 +108,7 @@ import resource
 import signal
 import stat
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from geode.errors import GeodeError, ManifestError
 from geode.records import Record
@@ -119,6 +123,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_SUBID_BASE",
+    "PROMOTE_MAX",
     "DEV_NODES",
     "FuseRoot",
     "IdMapping",
@@ -359,6 +364,10 @@ class SandboxConfig(Record):
     mounts: tuple[KernelMount, ...] = ()
     #: clamped limits actually applied (see :func:`effective_limits`)
     rlimits: tuple[tuple[int, int], ...] = ()
+    #: view paths of trusted files PID 1 serves from the sandbox's memory, bound read-only
+    #: over themselves: their verified bytes come with the configuration, one sealed memfd
+    #: each, in this order (see :func:`_promote`)
+    promote: tuple[str, ...] = ()
 
 
 def _subid_base(path: str, names: Iterable[str]) -> int:
@@ -613,7 +622,9 @@ def _outer_main(ctl: _Ctl, supervisor: int) -> None:
                 "not available to this user (check user.max_user_namespaces, "
                 "kernel.unprivileged_userns_clone, AppArmor or a container's seccomp profile)"
             ) from None
-        ids = _receive(ctl, b"ids", _ids_from)
+        ids, extra = _receive(ctl, b"ids", _ids_from)
+        for fd in extra:
+            os.close(fd)
         if ids.self_map:
             _map_self(ids)
         _send(ctl, b"userns")
@@ -650,11 +661,18 @@ def _become_helper(ids: IdMapping) -> None:
     os.setresuid(ids.helper_uid, ids.helper_uid, ids.helper_uid)
 
 
-def _receive(ctl: _Ctl, kind: bytes, decode: Callable[[Any], _T]) -> _T:
+#: descriptors that may come with a message of S: its data, and the memfds of the files to
+#: promote (see SandboxConfig.promote; S sends at most PROMOTE_MAX)
+_DATA_FDS = 1 + 32
+PROMOTE_MAX = _DATA_FDS - 1
+
+
+def _receive(ctl: _Ctl, kind: bytes, decode: Callable[[Any], _T]) -> tuple[_T, list[int]]:
     """The next message, which must be ``kind`` with its marshal data in a memfd (any size:
-    an environment can exceed what one message holds); exits quietly if S is gone."""
-    msg, fds = _recv(ctl, 1)
-    if msg != kind or len(fds) != 1:
+    an environment can exceed what one message holds), and the descriptors that came after
+    that one; exits quietly if S is gone."""
+    msg, fds = _recv(ctl, _DATA_FDS)
+    if msg != kind or not fds:
         for fd in fds:
             os.close(fd)
         if not msg:
@@ -671,8 +689,10 @@ def _receive(ctl: _Ctl, kind: bytes, decode: Callable[[Any], _T]) -> _T:
     finally:
         os.close(fds[0])
     try:
-        return decode(marshal.loads(data))
+        return decode(marshal.loads(data)), fds[1:]
     except (ValueError, TypeError, EOFError) as e:
+        for fd in fds[1:]:
+            os.close(fd)
         raise _SetupFailure(f"bad {kind.decode()} message from the supervisor: {e}") from None
 
 
@@ -697,15 +717,15 @@ def _config_plain(cfg: SandboxConfig) -> tuple[Any, ...]:
     """``cfg`` as marshal data (tuples, dicts and scalars), for :func:`_config_from`."""
     spec = cfg.spec._replace(env=dict(cfg.spec.env), limits=tuple(cfg.spec.limits))
     return (tuple(spec), tuple(cfg.ids), tuple(cfg.root), tuple(tuple(m) for m in cfg.mounts),
-            tuple(tuple(r) for r in cfg.rlimits))
+            tuple(tuple(r) for r in cfg.rlimits), tuple(cfg.promote))
 
 
 def _config_from(value: Any) -> SandboxConfig:
-    spec, ids, root, mounts, rlimits = value
+    spec, ids, root, mounts, rlimits, promote = value
     spec = ProcessSpec(*spec)
     return SandboxConfig(spec=spec._replace(limits=Limits(*spec.limits)), ids=IdMapping(*ids),
                          root=FuseRoot(*root), mounts=tuple(KernelMount(*m) for m in mounts),
-                         rlimits=tuple(tuple(r) for r in rlimits))
+                         rlimits=tuple(tuple(r) for r in rlimits), promote=tuple(promote))
 
 
 # --------------------------------------------------------------------------------------------
@@ -723,9 +743,12 @@ def _init_main(ids: IdMapping, ctl: _Ctl) -> None:
         # PID 1 ignores signals it has no handler for; drop the handler Python installed.
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         dev_fds = _open_dev_nodes()
-        cfg = _receive(ctl, b"config", _config_from)
+        cfg, promoted = _receive(ctl, b"config", _config_from)
         if cfg.ids != ids:
             raise _SetupFailure("the configuration's id maps are not the namespace's")
+        if len(promoted) != len(cfg.promote):
+            raise _SetupFailure("the configuration's files to promote came without their "
+                                "contents")
         # Must be opened inside the new user namespace (the kernel requires the mounter and
         # the opener of /dev/fuse to share it), and before switching ids (as root, /dev/fuse
         # is typically 0600).
@@ -737,7 +760,7 @@ def _init_main(ids: IdMapping, ctl: _Ctl) -> None:
                                 f"{e.strerror}") from None
         _become_helper(ids)
         _set_parent_death_signal(None)
-        _build_root(cfg, ctl, fuse_fds, dev_fds)
+        _build_root(cfg, ctl, fuse_fds, dev_fds, promoted)
         _socket.sethostname(cfg.spec.hostname)
         seccomp.install(base=True)
         _send(ctl, b"ready")
@@ -843,8 +866,9 @@ def _open_dev_nodes() -> dict[str, int]:
 
 
 def _build_root(cfg: SandboxConfig, ctl: _Ctl, fuse_fds: list[int],
-                dev_fds: dict[str, int]) -> None:
-    """Steps 1-6 of the mount order (module docstring). Runs in I, as the helper ids."""
+                dev_fds: dict[str, int], promoted: list[int]) -> None:
+    """Steps 1-6 of the mount order (module docstring). Runs in I, as the helper ids.
+    ``promoted``: the memfds of ``cfg.promote``'s files (closed here)."""
     try:
         stage = _stage_dir()
         _mount("geode-stage", stage, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0700")
@@ -925,6 +949,7 @@ def _build_root(cfg: SandboxConfig, ctl: _Ctl, fuse_fds: list[int],
               fstype="tmpfs", flags=MS_NOSUID | MS_NODEV, data="mode=1777")
     if pristine_fd >= 0:
         os.close(pristine_fd)
+    _promote(root_fd, f"{stage}/promoted", zip(cfg.promote, promoted, strict=True))
     os.close(root_fd)
 
     # Step 6: make the view the root; detach the host's tree.
@@ -935,6 +960,52 @@ def _build_root(cfg: SandboxConfig, ctl: _Ctl, fuse_fds: list[int],
         os.chdir("/")
     except OSError as e:
         raise _SetupFailure(f"cannot switch to the sandbox's root: {e}") from None
+
+
+def _promote(root_fd: int, store: str, files: Iterable[tuple[str, int]]) -> None:
+    """Step 5b: serve trusted files from copies in the sandbox's memory.
+
+    ``files`` pairs a view path with a sealed memfd that S filled with the file's bytes after
+    they matched the manifest (the file is the same as the view would serve, whatever the
+    host does afterwards). Each is copied into ``store``, a directory of the staging tmpfs,
+    and the copy is bound read-only (``nosuid``, ``nodev``) over the path in the root. Once
+    the old root is detached (step 6) nothing but those binds reaches the copies; the
+    program can neither write them (read-only mounts) nor unmount them (seccomp). Every exec
+    of a dynamically linked program opens its ELF interpreter and the C library: served so,
+    those opens make no FUSE request, where each cost the program a round trip to S.
+    (A memfd cannot itself be bound: it is on no mount of this namespace.)"""
+    for i, (vpath, memfd) in enumerate(files):
+        copy = f"{store}/{i}"
+        try:
+            if i == 0:
+                os.mkdir(store, 0o700)
+            size = os.fstat(memfd).st_size
+            dst = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o555)
+            try:
+                done = 0
+                while done < size:
+                    sent = os.sendfile(dst, memfd, done, size - done)
+                    if sent == 0:
+                        raise OSError(errno.EIO, "short copy")
+                    done += sent
+            finally:
+                os.close(dst)
+        except OSError as e:
+            raise _SetupFailure(f"cannot copy {vpath} into the sandbox's memory: "
+                                f"{e.strerror}") from None
+        finally:
+            os.close(memfd)
+        _mount_at(root_fd, vpath, directory=False, what=vpath, source=copy, fstype=None,
+                  flags=MS_BIND)
+        target = _resolve(root_fd, vpath)
+        try:
+            _mount(None, _fd_path(target), None,
+                   MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+        except OSError as e:
+            raise _SetupFailure(f"{vpath}: cannot make its copy read-only: {e.strerror}"
+                                ) from None
+        finally:
+            os.close(target)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1077,9 +1148,11 @@ class Sandbox:
         except Exception as e:
             self._failure = e
 
-    def start(self, cfg: SandboxConfig | None = None) -> None:
+    def start(self, cfg: SandboxConfig | None = None, promoted: Sequence[int] = ()) -> None:
         """Configure the sandbox (forking it first if :meth:`fork` was not called) and wait
-        until the view is mounted. On any failure the helpers are killed and reaped."""
+        until the view is mounted. On any failure the helpers are killed and reaped.
+        ``promoted``: the sealed memfds of ``cfg.promote``'s files, in order (the caller
+        keeps and closes them)."""
         if cfg is not None:
             self.cfg = cfg
         assert self.cfg is not None
@@ -1094,7 +1167,7 @@ class Sandbox:
                 raise SandboxError("the sandbox was forked with other id maps than its "
                                    "configuration's")
             self._expect(lambda: self.init_pidfd is not None)
-            self._send_data(b"config", _config_plain(self.cfg))
+            self._send_data(b"config", _config_plain(self.cfg), promoted)
             self._expect(lambda: self.fuse_fd is not None)
         except BaseException as e:
             self.kill()
@@ -1116,12 +1189,14 @@ class Sandbox:
         self._ids = ids
         self._send_data(b"ids", tuple(ids))
 
-    def _send_data(self, kind: bytes, value: Any) -> None:
-        """Send ``kind`` with ``value`` as marshal data in a memfd (see :func:`_receive`)."""
+    def _send_data(self, kind: bytes, value: Any, fds: Sequence[int] = ()) -> None:
+        """Send ``kind`` with ``value`` as marshal data in a memfd, and ``fds`` after it (see
+        :func:`_receive`)."""
         assert self.ctl is not None
+        assert len(fds) <= PROMOTE_MAX
         fd = _memfd_message("geode-" + kind.decode(), value)
         try:
-            _send(self.ctl, kind, [fd])
+            _send(self.ctl, kind, [fd, *fds])
         except (BrokenPipeError, ConnectionResetError):
             pass  # the helper is gone: the handshake reads why
         finally:

@@ -52,6 +52,7 @@ import geode.log
 from geode.errors import GeodeError, ManifestError
 from geode.runtime.process import ProcessSpec, process_spec
 from geode.runtime.sandbox import (
+    PROMOTE_MAX,
     FuseRoot,
     IdMapping,
     KernelMount,
@@ -163,13 +164,15 @@ def kernel_mounts(plan: Any, own_connections: Collection[str] = ()) -> tuple[Ker
 
 
 def sandbox_config(spec: ProcessSpec, *, root: FuseRoot,
-                   mounts: tuple[KernelMount, ...] = ()) -> SandboxConfig:
+                   mounts: tuple[KernelMount, ...] = (),
+                   promote: tuple[str, ...] = ()) -> SandboxConfig:
     """Sandbox configuration for ``spec`` (id maps, clamped limits); logs limit clamps."""
     ids: IdMapping = id_mapping(spec.uid, spec.gid)
     limits, warnings = effective_limits(spec, ids)
     for w in warnings:
         log.warning("%s", w)
-    return SandboxConfig(spec=spec, ids=ids, root=root, mounts=mounts, rlimits=tuple(limits))
+    return SandboxConfig(spec=spec, ids=ids, root=root, mounts=mounts, rlimits=tuple(limits),
+                         promote=promote)
 
 
 # --------------------------------------------------------------------------------------------
@@ -179,7 +182,7 @@ def sandbox_config(spec: ProcessSpec, *, root: FuseRoot,
 
 def supervise(cfg: SandboxConfig, *, fs: Any, serve: Serve,
               on_mounted: Callable[[int], object] | None = None,
-              sandbox: Sandbox | None = None) -> int:
+              sandbox: Sandbox | None = None, promoted: Sequence[int] = ()) -> int:
     """Start the sandbox described by ``cfg`` and supervise it until it exits.
 
     ``serve(fs, fd, path)`` serves the view's connection mounted at ``path`` (``/``, and the
@@ -187,7 +190,8 @@ def supervise(cfg: SandboxConfig, *, fs: Any, serve: Serve,
     (on a thread of its own; it returns when the connection ends) and ``on_mounted(st_dev)``
     is called once each connection's device number is known.
     ``sandbox``, if given, is a :class:`Sandbox` forked ahead (:meth:`Sandbox.ahead`) for
-    ``cfg``; it is used up either way.
+    ``cfg``; it is used up either way. ``promoted``: the sealed memfds of
+    ``cfg.promote``'s files (see :meth:`Sandbox.start`).
     Returns the program's exit status; raises :class:`GeodeError` if the sandbox could not be
     built or the program could not be executed.
     """
@@ -208,7 +212,7 @@ def supervise(cfg: SandboxConfig, *, fs: Any, serve: Serve,
     servers: dict[str, threading.Thread] = {}
     failure: list[BaseException] = []
     try:
-        sandbox.start(cfg)  # on any failure it has killed and reaped its helpers
+        sandbox.start(cfg, promoted)  # on any failure it has killed and reaped its helpers
         if pending:
             sandbox.kill()
             sandbox.wait()
@@ -389,22 +393,37 @@ def run(manifest: dict[str, Any], *, manifest_path: str | os.PathLike[str],
     from geode.runtime.provision import provision_before_start
 
     spec = provision_before_start(spec, plan, backend, fs.keys)
+    library_path = spec.env.get("LD_LIBRARY_PATH", "").split(":")
+    # Every exec of a dynamically linked program opens the ELF interpreter and the C
+    # library: PID 1 serves the entry point's from the sandbox's memory (sandbox._promote).
+    # Every exec of a dynamically linked program opens its ELF interpreter and the C
+    # library: PID 1 serves the entry point's from the sandbox's memory, verified here
+    # (sandbox._promote), and the program's opens of them make no FUSE request.
+    promote: list[str] = []
+    promoted: list[int] = []
+    for path in fs.libraries(spec.path, library_path)[:PROMOTE_MAX]:
+        memfd = fs.verified_copy(path)
+        if memfd is not None:
+            promote.append(path)
+            promoted.append(memfd)
     cfg = sandbox_config(spec, root=root, mounts=kernel_mounts(
-        plan, [m.path for m in fs.own_connections]))
+        plan, [m.path for m in fs.own_connections]), promote=tuple(promote))
     log.debug("tee backend: %s", tee)
     from geode.runtime import viewfs
 
-    # The first opens (execve's, ld.so's) find the entry point and its libraries hashed
-    # while the sandbox was built.
-    fs.prefetch(spec.path, spec.env.get("LD_LIBRARY_PATH", "").split(":"))
+    # The first opens (execve's) find the entry point and what else it needs hashed while
+    # the sandbox was built.
+    fs.prefetch(spec.path, library_path, exclude=frozenset(promote))
     try:
         return supervise(cfg, fs=fs, serve=viewfs.serve_fd, on_mounted=viewfs.tune_readahead,
-                         sandbox=sandbox)
+                         sandbox=sandbox, promoted=promoted)
     except OSError as e:
         if e.errno in (errno.EPERM, errno.EACCES, errno.ENOSPC):
             raise GeodeError(f"cannot start the sandbox: {e}") from None
         raise
     finally:
+        for memfd in promoted:
+            os.close(memfd)
         if stats_file is not None:
             _write_stats(fs, stats_file)
         with contextlib.suppress(Exception):

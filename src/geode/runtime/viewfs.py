@@ -99,6 +99,7 @@ import contextlib
 import ctypes
 import enum
 import errno
+import fcntl
 import functools
 import hashlib
 import os
@@ -109,7 +110,7 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 
 from geode.errors import GeodeError, ManifestError
 from geode.formats import elf
@@ -1601,7 +1602,8 @@ class ViewFS(fuse.Operations):
         h.node.handles.add(fh)
         return fh
 
-    def prefetch(self, vpath: str, library_path: Sequence[str] = ()) -> None:
+    def prefetch(self, vpath: str, library_path: Sequence[str] = (),
+                 exclude: Collection[str] = ()) -> None:
         """Start hashing, on a thread of its own, the trusted file at ``vpath`` (the entry
         point, which execve opens first) and, transitively, the ELF interpreter and libraries
         it needs, so that the program's first opens find them verified; called while the
@@ -1616,7 +1618,8 @@ class ViewFS(fuse.Operations):
 
         Only regular trusted files up to :data:`STORE_MAX` are read, and only what was hashed
         is ever served: a first open uses a result if the host file it opens is the same
-        inode, unchanged since (size and times), else it hashes the file itself."""
+        inode, unchanged since (size and times), else it hashes the file itself. Paths in
+        ``exclude`` (files the program reads elsewhere) are neither hashed nor followed."""
         first = self._prefetch_job(vpath)
         if first is None:
             return
@@ -1632,6 +1635,8 @@ class ViewFS(fuse.Operations):
                     # The dependencies are queued before the file is hashed: an open that
                     # comes first then waits for its turn instead of hashing in parallel.
                     for dep in self._needed_libraries(fd, search):
+                        if dep in exclude:
+                            continue
                         queued = self._prefetch_job(dep)
                         if queued is not None:
                             todo.append(queued)
@@ -1654,17 +1659,88 @@ class ViewFS(fuse.Operations):
 
         threading.Thread(target=run, name="geode-prefetch", daemon=True).start()
 
-    def _prefetch_job(self, vpath: str) -> tuple[int, _Prefetch] | None:
-        """Open and register for prefetching the trusted file at ``vpath``; None if it is no
-        such file, too big to keep, or already verified or registered."""
-        trusted = self._trusted_at(vpath) if self.store_verified else None
+    def libraries(self, vpath: str, library_path: Sequence[str] = ()) -> list[str]:
+        """View paths of the ELF interpreter and, transitively, the libraries the trusted
+        file at ``vpath`` needs, found as :meth:`prefetch` finds them, that are trusted
+        regular files of at most :data:`STORE_MAX` bytes; in the order ld.so loads them.
+        Read from the host files unverified: the list only chooses which files PID 1 serves
+        from the sandbox's memory (which it reads through the view, verified)."""
+        search = tuple(d for d in library_path if d.startswith("/"))
+        seen, todo, found = {vpath}, deque([vpath]), []
+        while todo:
+            path = todo.popleft()
+            opened = self._open_trusted(path)
+            if opened is None:
+                continue
+            fd = opened[0]
+            try:
+                if path != vpath:
+                    if os.fstat(fd).st_size > STORE_MAX:
+                        continue
+                    found.append(path)
+                for dep in self._needed_libraries(fd, search):
+                    if dep not in seen:
+                        seen.add(dep)
+                        todo.append(dep)
+            finally:
+                os.close(fd)
+        return found
+
+    def verified_copy(self, vpath: str) -> int | None:
+        """A sealed memfd holding the bytes of the trusted file at ``vpath``, read and hashed
+        now and matched against the manifest (for PID 1 to serve it from the sandbox's
+        memory, see :func:`geode.runtime.sandbox._promote`); None if it is no such file, is
+        bigger than :data:`STORE_MAX`, or does not match (the view then answers the program's
+        own open of it, and reports a mismatch there)."""
+        opened = self._open_trusted(vpath)
+        if opened is None:
+            return None
+        fd, sha = opened
+        try:
+            size = os.fstat(fd).st_size
+            if size > STORE_MAX:
+                return None
+            digest, _, blocks = _hash_fd(fd, size, keep=True, table=False)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        if digest != sha or blocks is None:
+            return None
+        memfd = os.memfd_create("geode-verified", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            for block in blocks:
+                view = memoryview(block)
+                while view:
+                    view = view[os.write(memfd, view):]
+            fcntl.fcntl(memfd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
+                        | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL)
+        except OSError:
+            os.close(memfd)
+            return None
+        self.verified_bytes += size
+        return memfd
+
+    def _open_trusted(self, vpath: str) -> tuple[int, str] | None:
+        """The host file of the trusted file the manifest puts at ``vpath`` (opened read-only,
+        confined to its mount) and its sha256; None for any other path or an unopenable
+        file."""
+        trusted = self._trusted_at(vpath)
         if trusted is None:
             return None
         mount, _, rel, sha = trusted
         try:
-            fd = self._open_host_at(mount, rel, os.O_RDONLY)
+            return self._open_host_at(mount, rel, os.O_RDONLY), sha
         except (OSError, fuse.FUSEError):
             return None
+
+    def _prefetch_job(self, vpath: str) -> tuple[int, _Prefetch] | None:
+        """Open and register for prefetching the trusted file at ``vpath``; None if it is no
+        such file, too big to keep, or already verified or registered."""
+        opened = self._open_trusted(vpath) if self.store_verified else None
+        if opened is None:
+            return None
+        fd, sha = opened
         st = os.fstat(fd)
         ident = (st.st_dev, st.st_ino)
         with self.lock:
