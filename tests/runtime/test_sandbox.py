@@ -659,7 +659,7 @@ def test_config_round_trip() -> None:
     cfg = sandbox.SandboxConfig(
         spec=spec, ids=sandbox.id_mapping(5, 6),
         mounts=(sandbox.KernelMount("tmpfs", "/tmp"), sandbox.KernelMount("fuse", "/e", "w")),
-        rlimits=((1, 2), (3, 4)), promote=("/lib/a.so", "/lib/é.so"))
+        rlimits=((1, 2), (3, 4)), promote=True)
     import marshal
 
     back = sandbox._config_from(marshal.loads(marshal.dumps(sandbox._config_plain(cfg))))

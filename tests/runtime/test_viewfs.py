@@ -863,6 +863,8 @@ def test_libraries_and_their_verified_copies(tmp_path: Path) -> None:
     fs, root, _ = _dynamic_tree(tmp_path)
     libc, ld_so = LIBC, LD_SO
     assert fs.libraries("/bin/app", ["/opt"]) == [ld_so, libc]
+    assert fs.runtime_libraries("/bin/app", ["/opt"]) == [ld_so, libc]
+    assert fs.runtime_libraries(ld_so) == []  # (ld.so needs nothing; nor is it its own)
     memfd = fs.verified_copy(libc)
     assert memfd is not None
     try:

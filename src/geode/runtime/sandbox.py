@@ -75,9 +75,9 @@ mount)::
     5. /dev/{null,zero,full,random,urandom,tty}: bind mounts of the host's device nodes onto
        the view's placeholders; devpts (newinstance, ptmxmode=0666) at /dev/pts and its ptmx
        bound onto /dev/ptmx; a tmpfs at /dev/shm
-       (5b) the files of ``SandboxConfig.promote`` (the entry point's ELF interpreter and
-       libraries): copies of the verified bytes S sent in sealed memfds, made in the staging
-       tmpfs (promoted/) and bound read-only over their paths in root/
+       (5b) with ``SandboxConfig.promote``, the files S names (the entry point's ELF
+       interpreter and C library): copies of the verified bytes S sent in sealed memfds,
+       made in the staging tmpfs (promoted/) and bound read-only over their paths in root/
     6. pivot_root into root/, and the old root detached (MNT_DETACH): nothing of the host,
        nor of the staging tmpfs, remains reachable by path
     7. hostname (UTS namespace), then I installs the seccomp filter before forking P
@@ -108,6 +108,7 @@ import resource
 import signal
 import stat
 import struct
+import threading
 from collections.abc import Callable, Iterable, Sequence
 
 from geode.errors import GeodeError, ManifestError
@@ -364,10 +365,10 @@ class SandboxConfig(Record):
     mounts: tuple[KernelMount, ...] = ()
     #: clamped limits actually applied (see :func:`effective_limits`)
     rlimits: tuple[tuple[int, int], ...] = ()
-    #: view paths of trusted files PID 1 serves from the sandbox's memory, bound read-only
-    #: over themselves: their verified bytes come with the configuration, one sealed memfd
-    #: each, in this order (see :func:`_promote`)
-    promote: tuple[str, ...] = ()
+    #: whether PID 1 serves some trusted files from the sandbox's memory, bound read-only
+    #: over themselves: after the configuration S sends a ``promote`` message with their view
+    #: paths and their verified bytes, one sealed memfd each (see :func:`_promote`)
+    promote: bool = False
 
 
 def _subid_base(path: str, names: Iterable[str]) -> int:
@@ -713,11 +714,17 @@ def _ids_from(value: Any) -> IdMapping:
     return IdMapping(*value)
 
 
+def _promoted_paths(value: Any) -> list[str]:
+    if not (isinstance(value, list) and all(isinstance(p, str) for p in value)):
+        raise TypeError("expected a list of paths")
+    return value
+
+
 def _config_plain(cfg: SandboxConfig) -> tuple[Any, ...]:
     """``cfg`` as marshal data (tuples, dicts and scalars), for :func:`_config_from`."""
     spec = cfg.spec._replace(env=dict(cfg.spec.env), limits=tuple(cfg.spec.limits))
     return (tuple(spec), tuple(cfg.ids), tuple(cfg.root), tuple(tuple(m) for m in cfg.mounts),
-            tuple(tuple(r) for r in cfg.rlimits), tuple(cfg.promote))
+            tuple(tuple(r) for r in cfg.rlimits), bool(cfg.promote))
 
 
 def _config_from(value: Any) -> SandboxConfig:
@@ -725,7 +732,7 @@ def _config_from(value: Any) -> SandboxConfig:
     spec = ProcessSpec(*spec)
     return SandboxConfig(spec=spec._replace(limits=Limits(*spec.limits)), ids=IdMapping(*ids),
                          root=FuseRoot(*root), mounts=tuple(KernelMount(*m) for m in mounts),
-                         rlimits=tuple(tuple(r) for r in rlimits), promote=tuple(promote))
+                         rlimits=tuple(tuple(r) for r in rlimits), promote=bool(promote))
 
 
 # --------------------------------------------------------------------------------------------
@@ -743,12 +750,11 @@ def _init_main(ids: IdMapping, ctl: _Ctl) -> None:
         # PID 1 ignores signals it has no handler for; drop the handler Python installed.
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         dev_fds = _open_dev_nodes()
-        cfg, promoted = _receive(ctl, b"config", _config_from)
+        cfg, extra = _receive(ctl, b"config", _config_from)
+        for fd in extra:
+            os.close(fd)
         if cfg.ids != ids:
             raise _SetupFailure("the configuration's id maps are not the namespace's")
-        if len(promoted) != len(cfg.promote):
-            raise _SetupFailure("the configuration's files to promote came without their "
-                                "contents")
         # Must be opened inside the new user namespace (the kernel requires the mounter and
         # the opener of /dev/fuse to share it), and before switching ids (as root, /dev/fuse
         # is typically 0600).
@@ -760,7 +766,7 @@ def _init_main(ids: IdMapping, ctl: _Ctl) -> None:
                                 f"{e.strerror}") from None
         _become_helper(ids)
         _set_parent_death_signal(None)
-        _build_root(cfg, ctl, fuse_fds, dev_fds, promoted)
+        _build_root(cfg, ctl, fuse_fds, dev_fds)
         _socket.sethostname(cfg.spec.hostname)
         seccomp.install(base=True)
         _send(ctl, b"ready")
@@ -866,9 +872,8 @@ def _open_dev_nodes() -> dict[str, int]:
 
 
 def _build_root(cfg: SandboxConfig, ctl: _Ctl, fuse_fds: list[int],
-                dev_fds: dict[str, int], promoted: list[int]) -> None:
-    """Steps 1-6 of the mount order (module docstring). Runs in I, as the helper ids.
-    ``promoted``: the memfds of ``cfg.promote``'s files (closed here)."""
+                dev_fds: dict[str, int]) -> None:
+    """Steps 1-6 of the mount order (module docstring). Runs in I, as the helper ids."""
     try:
         stage = _stage_dir()
         _mount("geode-stage", stage, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0700")
@@ -949,7 +954,13 @@ def _build_root(cfg: SandboxConfig, ctl: _Ctl, fuse_fds: list[int],
               fstype="tmpfs", flags=MS_NOSUID | MS_NODEV, data="mode=1777")
     if pristine_fd >= 0:
         os.close(pristine_fd)
-    _promote(root_fd, f"{stage}/promoted", zip(cfg.promote, promoted, strict=True))
+    if cfg.promote:
+        paths, memfds = _receive(ctl, b"promote", _promoted_paths)
+        if len(paths) != len(memfds):
+            for fd in memfds:
+                os.close(fd)
+            raise _SetupFailure("the files to promote came without their contents")
+        _promote(root_fd, f"{stage}/promoted", zip(paths, memfds, strict=True))
     os.close(root_fd)
 
     # Step 6: make the view the root; detach the host's tree.
@@ -1104,6 +1115,8 @@ class Sandbox:
         self._ids: IdMapping | None = None
         #: what went wrong in :meth:`advance`, for :meth:`start` to raise
         self._failure: Exception | None = None
+        #: the thread sending PID 1 the files to promote (see :meth:`start`)
+        self._promoter: threading.Thread | None = None
 
     # ---------------------------------------------------------------- start / handshake
 
@@ -1148,11 +1161,14 @@ class Sandbox:
         except Exception as e:
             self._failure = e
 
-    def start(self, cfg: SandboxConfig | None = None, promoted: Sequence[int] = ()) -> None:
+    def start(self, cfg: SandboxConfig | None = None,
+              promote: Callable[[], tuple[list[str], list[int]]] | None = None) -> None:
         """Configure the sandbox (forking it first if :meth:`fork` was not called) and wait
         until the view is mounted. On any failure the helpers are killed and reaped.
-        ``promoted``: the sealed memfds of ``cfg.promote``'s files, in order (the caller
-        keeps and closes them)."""
+
+        With ``cfg.promote``, ``promote()`` is called on a thread of its own while PID 1
+        builds the root: it returns view paths and a sealed memfd of each one's verified
+        bytes (closed here); PID 1 waits for them before it pivots into the root."""
         if cfg is not None:
             self.cfg = cfg
         assert self.cfg is not None
@@ -1167,7 +1183,11 @@ class Sandbox:
                 raise SandboxError("the sandbox was forked with other id maps than its "
                                    "configuration's")
             self._expect(lambda: self.init_pidfd is not None)
-            self._send_data(b"config", _config_plain(self.cfg), promoted)
+            self._send_data(b"config", _config_plain(self.cfg))
+            if self.cfg.promote:
+                self._promoter = threading.Thread(target=self._send_promoted, args=(promote,),
+                                                  name="geode-promote", daemon=True)
+                self._promoter.start()
             self._expect(lambda: self.fuse_fd is not None)
         except BaseException as e:
             self.kill()
@@ -1177,6 +1197,29 @@ class Sandbox:
             raise
         assert self.ctl is not None
         self.ctl.setblocking(False)
+
+    def _send_promoted(self, promote: Callable[[], tuple[list[str], list[int]]] | None
+                       ) -> None:
+        """(On its own thread.) Send the ``promote`` message PID 1 waits for: always, with
+        nothing when ``promote`` is missing or fails."""
+        paths: list[str] = []
+        fds: list[int] = []
+        try:
+            if promote is not None:
+                paths, fds = promote()
+        except Exception:
+            pass  # (nothing promoted: the view serves those files)
+        try:
+            if len(paths) != len(fds) or len(fds) > PROMOTE_MAX:
+                paths, fds_sent = [], []
+            else:
+                fds_sent = fds
+            self._send_data(b"promote", paths, fds_sent)
+        except OSError:
+            pass  # (the sandbox is being torn down)
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     def discard(self) -> None:
         """Kill and reap the helpers (if they were started) and close everything."""
@@ -1339,6 +1382,10 @@ class Sandbox:
         return self.status
 
     def close(self) -> None:
+        if self._promoter is not None:
+            # (it writes to the control socket: not after the socket is closed)
+            self._promoter.join()
+            self._promoter = None
         for _, fd in self.connections:
             with contextlib.suppress(OSError):
                 os.close(fd)

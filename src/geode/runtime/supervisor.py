@@ -165,7 +165,7 @@ def kernel_mounts(plan: Any, own_connections: Collection[str] = ()) -> tuple[Ker
 
 def sandbox_config(spec: ProcessSpec, *, root: FuseRoot,
                    mounts: tuple[KernelMount, ...] = (),
-                   promote: tuple[str, ...] = ()) -> SandboxConfig:
+                   promote: bool = False) -> SandboxConfig:
     """Sandbox configuration for ``spec`` (id maps, clamped limits); logs limit clamps."""
     ids: IdMapping = id_mapping(spec.uid, spec.gid)
     limits, warnings = effective_limits(spec, ids)
@@ -182,7 +182,8 @@ def sandbox_config(spec: ProcessSpec, *, root: FuseRoot,
 
 def supervise(cfg: SandboxConfig, *, fs: Any, serve: Serve,
               on_mounted: Callable[[int], object] | None = None,
-              sandbox: Sandbox | None = None, promoted: Sequence[int] = ()) -> int:
+              sandbox: Sandbox | None = None,
+              promote: Callable[[], tuple[list[str], list[int]]] | None = None) -> int:
     """Start the sandbox described by ``cfg`` and supervise it until it exits.
 
     ``serve(fs, fd, path)`` serves the view's connection mounted at ``path`` (``/``, and the
@@ -190,7 +191,7 @@ def supervise(cfg: SandboxConfig, *, fs: Any, serve: Serve,
     (on a thread of its own; it returns when the connection ends) and ``on_mounted(st_dev)``
     is called once each connection's device number is known.
     ``sandbox``, if given, is a :class:`Sandbox` forked ahead (:meth:`Sandbox.ahead`) for
-    ``cfg``; it is used up either way. ``promoted``: the sealed memfds of
+    ``cfg``; it is used up either way. ``promote`` gives the verified copies of
     ``cfg.promote``'s files (see :meth:`Sandbox.start`).
     Returns the program's exit status; raises :class:`GeodeError` if the sandbox could not be
     built or the program could not be executed.
@@ -212,7 +213,7 @@ def supervise(cfg: SandboxConfig, *, fs: Any, serve: Serve,
     servers: dict[str, threading.Thread] = {}
     failure: list[BaseException] = []
     try:
-        sandbox.start(cfg, promoted)  # on any failure it has killed and reaped its helpers
+        sandbox.start(cfg, promote)  # on any failure it has killed and reaped its helpers
         if pending:
             sandbox.kill()
             sandbox.wait()
@@ -397,33 +398,32 @@ def run(manifest: dict[str, Any], *, manifest_path: str | os.PathLike[str],
     # Every exec of a dynamically linked program opens the ELF interpreter and the C
     # library: PID 1 serves the entry point's from the sandbox's memory (sandbox._promote).
     # Every exec of a dynamically linked program opens its ELF interpreter and the C
-    # library: PID 1 serves the entry point's from the sandbox's memory, verified here
-    # (sandbox._promote), and the program's opens of them make no FUSE request.
-    promote: list[str] = []
-    promoted: list[int] = []
-    for path in fs.libraries(spec.path, library_path)[:PROMOTE_MAX]:
-        memfd = fs.verified_copy(path)
-        if memfd is not None:
-            promote.append(path)
-            promoted.append(memfd)
+    # library: PID 1 serves the entry point's from the sandbox's memory (sandbox._promote),
+    # found and verified on a thread while it builds the root, and the program's opens of
+    # them make no FUSE request.
     cfg = sandbox_config(spec, root=root, mounts=kernel_mounts(
-        plan, [m.path for m in fs.own_connections]), promote=tuple(promote))
+        plan, [m.path for m in fs.own_connections]), promote=True)
     log.debug("tee backend: %s", tee)
     from geode.runtime import viewfs
 
+    promoted: set[str] = set()  # (what the prefetch need not hash, once known)
+
+    def promote() -> tuple[list[str], list[int]]:
+        paths = fs.runtime_libraries(spec.path, library_path)[:PROMOTE_MAX]
+        promoted.update(paths)
+        return fs.verified_copies(paths)
+
     # The first opens (execve's) find the entry point and what else it needs hashed while
     # the sandbox was built.
-    fs.prefetch(spec.path, library_path, exclude=frozenset(promote))
+    fs.prefetch(spec.path, library_path, exclude=promoted)
     try:
         return supervise(cfg, fs=fs, serve=viewfs.serve_fd, on_mounted=viewfs.tune_readahead,
-                         sandbox=sandbox, promoted=promoted)
+                         sandbox=sandbox, promote=promote)
     except OSError as e:
         if e.errno in (errno.EPERM, errno.EACCES, errno.ENOSPC):
             raise GeodeError(f"cannot start the sandbox: {e}") from None
         raise
     finally:
-        for memfd in promoted:
-            os.close(memfd)
         if stats_file is not None:
             _write_stats(fs, stats_file)
         with contextlib.suppress(Exception):

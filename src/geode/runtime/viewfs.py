@@ -110,7 +110,7 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 
 from geode.errors import GeodeError, ManifestError
 from geode.formats import elf
@@ -1685,6 +1685,26 @@ class ViewFS(fuse.Operations):
             finally:
                 os.close(fd)
         return found
+
+    def runtime_libraries(self, vpath: str, library_path: Sequence[str] = ()) -> list[str]:
+        """Of :meth:`libraries`, those every dynamically linked program loads: the ELF
+        interpreter and the C library (``libc.so.6``). The rest serve only the entry point,
+        which is started once."""
+        found = self.libraries(vpath, library_path)
+        return [p for i, p in enumerate(found)
+                if i == 0 and posixpath.basename(p).startswith("ld-") or
+                posixpath.basename(p) == "libc.so.6"]
+
+    def verified_copies(self, vpaths: Iterable[str]) -> tuple[list[str], list[int]]:
+        """:meth:`verified_copy` of each of ``vpaths``: those it made, and their memfds."""
+        paths: list[str] = []
+        memfds: list[int] = []
+        for vpath in vpaths:
+            memfd = self.verified_copy(vpath)
+            if memfd is not None:
+                paths.append(vpath)
+                memfds.append(memfd)
+        return paths, memfds
 
     def verified_copy(self, vpath: str) -> int | None:
         """A sealed memfd holding the bytes of the trusted file at ``vpath``, read and hashed
