@@ -1214,7 +1214,15 @@ class Sandbox:
                 paths, fds_sent = [], []
             else:
                 fds_sent = fds
-            self._send_data(b"promote", paths, fds_sent)
+            while True:
+                try:
+                    self._send_data(b"promote", paths, fds_sent)
+                    break
+                except BlockingIOError:  # (start() made the socket non-blocking meanwhile)
+                    import select
+
+                    assert self.ctl is not None
+                    select.select([], [self.ctl], [], 1.0)
         except OSError:
             pass  # (the sandbox is being torn down)
         finally:
