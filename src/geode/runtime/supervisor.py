@@ -395,8 +395,6 @@ def run(manifest: dict[str, Any], *, manifest_path: str | os.PathLike[str],
 
     spec = provision_before_start(spec, plan, backend, fs.keys)
     library_path = spec.env.get("LD_LIBRARY_PATH", "").split(":")
-    # Every exec of a dynamically linked program opens the ELF interpreter and the C
-    # library: PID 1 serves the entry point's from the sandbox's memory (sandbox._promote).
     # Every exec of a dynamically linked program opens its ELF interpreter and the C
     # library: PID 1 serves the entry point's from the sandbox's memory (sandbox._promote),
     # found and verified on a thread while it builds the root, and the program's opens of
