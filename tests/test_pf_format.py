@@ -34,6 +34,7 @@ from geode.formats.pf import (
     encrypt_bytes,
     norm_path,
 )
+from geode.formats.pf import file as pf_file
 from geode.formats.pf import layout as L
 
 VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors" / "pf"
@@ -320,6 +321,31 @@ def test_flush_on_eviction_keeps_the_file_consistent() -> None:
     assert got == pattern(200_000)[:len(got)]
     pf.close()
     assert indep_decrypt(buf.getvalue(), KEY, "/e") == pattern(200_000)
+
+
+def test_large_caches_write_back_in_batches() -> None:
+    """A big cache still writes back every WRITE_BACK_BATCH dirty data nodes, each batch
+    leaving a valid file of the size written so far; with a recovery file (a sync per write-back)
+    only a full cache forces one."""
+    batch = pf_file.WRITE_BACK_BATCH
+    data = pattern(3072 + (batch + 40) * N)
+    buf = io.BytesIO()
+    pf = ProtectedFile.open(buf, key=KEY, path="/b", create=True, cache_nodes=4096)
+    pf.write(0, data)
+    got = indep_decrypt(buf.getvalue(), KEY, "/b")
+    assert len(got) == 3072 + batch * N and data.startswith(got)
+    pf.close()
+    assert indep_decrypt(buf.getvalue(), KEY, "/b") == data
+
+    buf, journal = io.BytesIO(), io.BytesIO()
+    with ProtectedFile.open(buf, key=KEY, path="/b", create=True) as pf:
+        pass
+    pf = ProtectedFile.open(buf, key=KEY, path="/b", create=False, cache_nodes=4096,
+                            recovery=journal)
+    pf.write(0, data)
+    assert indep_decrypt(buf.getvalue(), KEY, "/b") == b""
+    pf.close()
+    assert indep_decrypt(buf.getvalue(), KEY, "/b") == data
 
 
 def test_v1_files_are_read_and_migrated_to_v2() -> None:

