@@ -884,6 +884,34 @@ def test_libraries_and_their_verified_copies(tmp_path: Path) -> None:
     fs.close()
 
 
+def test_runtime_libraries_found_beyond_the_entry_points_own_needs(tmp_path: Path) -> None:
+    """An entry point that reaches the C library only through another library (its own
+    needs do not name libc.so.6) still gets it: the whole dependency walk is taken then."""
+    from geode.runtime import viewfs
+    from geode.runtime.plan import ViewPlan
+
+    root = tmp_path / "root"
+    libdir = root / "lib" / "x86_64-linux-gnu"
+    for d in (root / "bin", root / "lib64", libdir):
+        d.mkdir(parents=True)
+    app = Path("/usr/bin/true").read_bytes()
+    assert app.count(b"libc.so.6\0") == 1
+    (root / "bin" / "app").write_bytes(app.replace(b"libc.so.6\0", b"libz.so.1\0"))
+    shutil.copy(LD_SO, root / LD_SO[1:])
+    shutil.copy(LIBC, root / LIBC[1:])
+    shutil.copy("/lib/x86_64-linux-gnu/libz.so.1", libdir / "libz.so.1")  # needs libc.so.6
+    trusted_files = [trusted(p) for p in (root / "bin" / "app", root / LD_SO[1:],
+                                          root / LIBC[1:], libdir / "libz.so.1")]
+    manifest: dict[str, Any] = {"fs": {"root": {"uri": f"file:{root}"}},
+                                "sgx": {"trusted_files": trusted_files}}
+    fs = viewfs.ViewFS(ViewPlan.from_manifest(manifest, base_dir=tmp_path), manifest)
+    try:
+        assert fs.libraries("/bin/app") == [LD_SO, "/lib/x86_64-linux-gnu/libz.so.1", LIBC]
+        assert fs.runtime_libraries("/bin/app") == [LD_SO, LIBC]
+    finally:
+        fs.close()
+
+
 def test_prefetch_follows_gramines_interpreter_link(tmp_path: Path) -> None:
     """With /lib mounted and no /lib64 (Gramine's usual manifest), the interpreter the ELF
     names, /lib64/ld-linux-x86-64.so.2, is the view's symlink into /lib: what it points to

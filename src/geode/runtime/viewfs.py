@@ -308,6 +308,14 @@ class _BackgroundHash:
         self._thread.join()
 
 
+def _runtime_picks(found: Sequence[str]) -> list[str]:
+    """The ELF interpreter (first, as dependency lists name it) and ``libc.so.6`` of
+    ``found``."""
+    return [p for i, p in enumerate(found)
+            if i == 0 and posixpath.basename(p).startswith("ld-") or
+            posixpath.basename(p) == "libc.so.6"]
+
+
 def _hash_fd(fd: int, size: int, *, keep: bool = False, parallel: bool = False,
              table: bool = True) -> tuple[str, bytes, list[bytes] | None]:
     """Whole-file SHA-256 (hex), chunk table (empty without ``table``) and (with ``keep``) the
@@ -1689,11 +1697,20 @@ class ViewFS(fuse.Operations):
     def runtime_libraries(self, vpath: str, library_path: Sequence[str] = ()) -> list[str]:
         """Of :meth:`libraries`, those every dynamically linked program loads: the ELF
         interpreter and the C library (``libc.so.6``). The rest serve only the entry point,
-        which is started once."""
-        found = self.libraries(vpath, library_path)
-        return [p for i, p in enumerate(found)
-                if i == 0 and posixpath.basename(p).startswith("ld-") or
-                posixpath.basename(p) == "libc.so.6"]
+        which is started once. Looked for among the entry point's own needs first, where
+        nearly every program names the C library (no other library is opened then)."""
+        opened = self._open_trusted(vpath)
+        if opened is None:
+            return []
+        try:
+            direct = self._needed_libraries(
+                opened[0], tuple(d for d in library_path if d.startswith("/")))
+        finally:
+            os.close(opened[0])
+        picked = _runtime_picks(direct)
+        if picked and posixpath.basename(picked[-1]) == "libc.so.6":
+            return picked
+        return _runtime_picks(self.libraries(vpath, library_path))
 
     def verified_copies(self, vpaths: Iterable[str]) -> tuple[list[str], list[int]]:
         """:meth:`verified_copy` of each of ``vpaths``: those it made, and their memfds."""
