@@ -23,13 +23,14 @@ sgx.trusted_files = ["file:app"]
 #: Modules only some runs need: RA-TLS and secret provisioning, quote verification, RSA
 #: (signing), TOML writing, importlib.metadata, the old FUSE stack, what only error messages
 #: need (json, difflib), dataclasses (~0.7 ms per class, and it imports inspect), the socket
-#: module's enums (the sandbox's control socket is a bare _socket.socket), copy (only
-#: rendering applies defaults).
+#: module's enums (the sandbox's control socket is a bare _socket.socket), the signal module
+#: (its enums and their enum import cost ~3 ms; the sandbox and supervisor use _signal),
+#: copy (only rendering applies defaults).
 NOT_ON_THE_RUN_PATH = (
     "asyncio", "ssl", "cryptography.x509", "cryptography.hazmat.primitives.asymmetric.rsa",
     "geode.ratls", "geode.verify", "geode.cli.secret_prov", "geode.cli.quote", "tomli_w",
     "importlib.metadata", "trio", "pyfuse3", "json", "difflib", "dataclasses", "inspect",
-    "socket", "copy",
+    "socket", "signal", "copy",
 )
 
 LOAD = """\

@@ -105,7 +105,6 @@ import functools
 import marshal
 import os
 import resource
-import signal
 import stat
 import struct
 import threading
@@ -118,9 +117,14 @@ from geode.runtime.process import Limits, ProcessSpec
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import signal as _signal
     from typing import Any, TypeVar
 
     _T = TypeVar("_T")
+else:
+    # The C module: the ``signal`` module's enums of every signal and handler cost ~3 ms of
+    # each start (its ``enum`` import), and the sandbox needs only numbers.
+    import _signal
 
 __all__ = [
     "DEFAULT_SUBID_BASE",
@@ -562,7 +566,7 @@ def _exit_code(status: int) -> int:
 
 
 def _set_parent_death_signal(expected_parent: int | None) -> None:
-    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    _prctl(PR_SET_PDEATHSIG, _signal.SIGKILL)
     # If the parent died before prctl, we were reparented and no signal will come.
     if expected_parent is not None and os.getppid() != expected_parent:
         os._exit(125)
@@ -611,8 +615,8 @@ def _outer_main(ctl: _Ctl, supervisor: int) -> None:
     try:
         _set_parent_death_signal(supervisor)
         _set_title("geode-sandbox")
-        for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_IGN)
+        for sig in (_signal.SIGINT, _signal.SIGQUIT, _signal.SIGHUP, _signal.SIGTERM):
+            _signal.signal(sig, _signal.SIG_IGN)
         _close_fds_except({0, 1, 2, ctl.fileno()})
         _sanitize_stdio()
         try:
@@ -748,7 +752,7 @@ def _init_main(ids: IdMapping, ctl: _Ctl) -> None:
         _prctl(PR_SET_DUMPABLE, 0)
         _set_title("geode-init")
         # PID 1 ignores signals it has no handler for; drop the handler Python installed.
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        _signal.signal(_signal.SIGINT, _signal.SIG_DFL)
         dev_fds = _open_dev_nodes()
         cfg, extra = _receive(ctl, b"config", _config_from)
         for fd in extra:
@@ -778,9 +782,9 @@ def _init_main(ids: IdMapping, ctl: _Ctl) -> None:
         if cfg.spec.sigterm_injection:
             def forward(*_: object) -> None:
                 with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGTERM)
+                    os.kill(pid, _signal.SIGTERM)
 
-            signal.signal(signal.SIGTERM, forward)
+            _signal.signal(_signal.SIGTERM, forward)
         while True:
             try:
                 reaped, status = os.wait()
@@ -1028,11 +1032,11 @@ def _program_main(cfg: SandboxConfig, ctl: _Ctl) -> None:
     """Runs in P (child of PID 1); execs the program or reports why it cannot."""
     spec = cfg.spec
     try:
-        for sig in signal.valid_signals():
-            if sig not in (signal.SIGKILL, signal.SIGSTOP):
+        for sig in _signal.valid_signals():
+            if sig not in (_signal.SIGKILL, _signal.SIGSTOP):
                 with contextlib.suppress(OSError, ValueError, RuntimeError):
-                    signal.signal(sig, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+                    _signal.signal(sig, _signal.SIG_DFL)
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, [])
         try:
             os.chdir(spec.start_dir)
         except OSError as e:
@@ -1359,7 +1363,7 @@ class Sandbox:
         """Send ``sig`` to PID 1 (which forwards SIGTERM to the program when injection is on)."""
         if self.init_pidfd is not None:
             with contextlib.suppress(ProcessLookupError, OSError):
-                signal.pidfd_send_signal(self.init_pidfd, sig)
+                _signal.pidfd_send_signal(self.init_pidfd, sig)
 
     def kill(self) -> None:
         """Kill everything: SIGKILL to PID 1 (the kernel then kills its whole pid namespace)
@@ -1367,11 +1371,11 @@ class Sandbox:
         for fd in (self.init_pidfd, self.pidfd):
             if fd is not None:
                 with contextlib.suppress(ProcessLookupError, OSError):
-                    signal.pidfd_send_signal(fd, signal.SIGKILL)
+                    _signal.pidfd_send_signal(fd, _signal.SIGKILL)
         if self.pidfd is None and self.pid is not None and self.status is None:
             # (no pidfd: C is an unreaped child of ours, so its pid is still its own)
             with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
+                os.kill(self.pid, _signal.SIGKILL)
 
     def poll(self) -> int | None:
         """C's exit code if it has exited (reaping it), else None."""

@@ -30,7 +30,7 @@ Host signals (the program never receives a host signal through Geode except one 
 * ``SIGTERM`` without injection, ``SIGINT`` (Ctrl-C), ``SIGHUP``, ``SIGQUIT``: tear down: every
   process of the sandbox gets SIGKILL and ``run`` returns 128+N. (Gramine ignores a SIGTERM it
   does not inject; Geode stops instead, so that service managers and ``timeout`` work. The
-  program sees the same thing in both: no signal.) A program sharing the terminal also receives
+  program sees the same thing in both: no _signal.) A program sharing the terminal also receives
   the terminal's own Ctrl-C directly from the kernel, as any foreground process does.
 * ``SIGKILL`` of the supervisor: the kernel kills the helpers (parent-death signals) and with
   PID 1 the whole pid namespace; the FUSE connection dies with the supervisor's descriptor and
@@ -44,7 +44,6 @@ import errno
 import functools
 import os
 import select
-import signal
 import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
 
@@ -66,7 +65,10 @@ from geode.runtime.sandbox import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import signal as _signal
     from typing import Any
+else:
+    import _signal  # (not ``signal``: see geode.runtime.sandbox)
 
 __all__ = ["configure_logging", "fuse_root", "kernel_mounts", "run", "supervise"]
 
@@ -82,7 +84,7 @@ LOG_LEVELS = {
     "all": 1,
 }
 
-_TEARDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+_TEARDOWN_SIGNALS = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT)
 
 if TYPE_CHECKING:
     Serve = Callable[[Any, int, str], None]
@@ -205,9 +207,9 @@ def supervise(cfg: SandboxConfig, *, fs: Any, serve: Serve,
     # the wakeup pipe), never in the middle of the loop's own work.
     pending: list[int] = []
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    old_handlers = {s: signal.signal(s, lambda signum, frame: pending.append(signum))
+    old_handlers = {s: _signal.signal(s, lambda signum, frame: pending.append(signum))
                     for s in _TEARDOWN_SIGNALS}
-    old_wakeup = signal.set_wakeup_fd(wake_w)
+    old_wakeup = _signal.set_wakeup_fd(wake_w)
     if sandbox is None:
         sandbox = Sandbox()
     servers: dict[str, threading.Thread] = {}
@@ -248,9 +250,9 @@ def supervise(cfg: SandboxConfig, *, fs: Any, serve: Serve,
         sandbox.wait()
         raise
     finally:
-        signal.set_wakeup_fd(old_wakeup)
+        _signal.set_wakeup_fd(old_wakeup)
         for s, h in old_handlers.items():
-            signal.signal(s, h)
+            _signal.signal(s, h)
         os.close(wake_r)
         os.close(wake_w)
         sandbox.read_messages()
@@ -296,11 +298,13 @@ def _supervision_loop(sandbox: Sandbox, spec: ProcessSpec, pending: list[int], w
                     pass
         while pending:
             signum = pending.pop(0)
-            if signum == signal.SIGTERM and spec.sigterm_injection and not injected:
+            if signum == _signal.SIGTERM and spec.sigterm_injection and not injected:
                 injected = True
                 log.warning("injecting host SIGTERM into the program (once)")
-                sandbox.signal_program(signal.SIGTERM)
+                sandbox.signal_program(_signal.SIGTERM)
                 continue
+            import signal
+
             log.warning("received %s: stopping the sandbox", signal.Signals(signum).name)
             stopped_by = stopped_by or signum
             sandbox.kill()

@@ -97,7 +97,6 @@ from __future__ import annotations
 import bisect
 import contextlib
 import ctypes
-import enum
 import errno
 import fcntl
 import functools
@@ -504,8 +503,14 @@ def _insecure_keys(manifest: Mapping[str, Any]) -> dict[str, bytes]:
 # ------------------------------------------------------------------------------------------
 
 
-class Policy(enum.IntEnum):
-    """Policy of a host file; for non-trusted nodes a higher value wins (hard links)."""
+# Policy and Kind are plain constants, not enum.IntEnum/enum.Enum: importing enum costs
+# ~2 ms of every start. Their values are only ever taken from these classes (compared by
+# identity where that is faster).
+
+
+class Policy:
+    """Policy of a host file (ints, ordered: for non-trusted nodes a higher value wins, for
+    hard links)."""
 
     DENIED = 0
     LOGGED = 1
@@ -514,7 +519,9 @@ class Policy(enum.IntEnum):
     ENCRYPTED = 4  # a file below an encrypted mount (see geode.runtime.encfs)
 
 
-class Kind(enum.Enum):
+class Kind:
+    """What a node is."""
+
     DIR = "dir"
     FILE = "file"
     LINK = "link"
@@ -549,9 +556,9 @@ class Node:
     handles: set[int]
     listing: _Listing | None
 
-    def __init__(self, ino: int, kind: Kind, vpath: str, key: tuple[Any, ...], *,
+    def __init__(self, ino: int, kind: str, vpath: str, key: tuple[Any, ...], *,
                  mount: Mount | None = None, rel: str = "", host: str = "",
-                 policy: Policy = Policy.ALLOWED, sha: str | None = None, follow: bool = False,
+                 policy: int = Policy.ALLOWED, sha: str | None = None, follow: bool = False,
                  timeout: float = STABLE_TIMEOUT, permanent: bool = False,
                  parent: int = fuse.ROOT_INODE, role: str | None = None,
                  target: str | None = None, pseudo: PseudoFile | None = None) -> None:
@@ -566,7 +573,7 @@ class Node:
         self.listing, self.listing_expiry = None, 0.0
 
     def __repr__(self) -> str:
-        return f"Node({self.ino}, {self.kind.name}, {self.vpath!r})"
+        return f"Node({self.ino}, {self.kind}, {self.vpath!r})"
 
 
 class _Prefetch:
@@ -987,7 +994,7 @@ class ViewFS(fuse.Operations):
         """Is the normalized absolute ``host`` an allowed path or below one?"""
         return host in self._allowed or host.startswith(self._allowed_below)
 
-    def classify(self, host: str) -> tuple[Policy, str | None]:
+    def classify(self, host: str) -> tuple[int, str | None]:
         """Policy of a host path: allowed wins over trusted (Gramine), then the default."""
         if self._is_allowed(host):
             return Policy.ALLOWED, None
@@ -1057,7 +1064,7 @@ class ViewFS(fuse.Operations):
             node.timeout = self._timeout_for(host) if mount is not None else STABLE_TIMEOUT
         return node
 
-    def _virtual(self, key: tuple[Any, ...], kind: Kind, vpath: str, parent: int,
+    def _virtual(self, key: tuple[Any, ...], kind: str, vpath: str, parent: int,
                  **kw: Any) -> Node:
         node = self._by_key.get(key)
         if node is None:
