@@ -840,6 +840,46 @@ def test_prefetch_follows_the_entry_points_libraries(tmp_path: Path,
         assert fs._prefetched == {}
 
 
+def test_prefetch_follows_a_library_s_soname_link(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A library found under its soname, a trusted symlink to the file (as Debian installs
+    most libraries), is hashed ahead too, and ld.so's open of the link uses that result."""
+    from geode.runtime import viewfs
+    from geode.runtime.plan import ViewPlan
+
+    root = tmp_path / "root"
+    libdir = root / "lib" / "x86_64-linux-gnu"
+    for d in (root / "bin", root / "lib64", libdir):
+        d.mkdir(parents=True)
+    shutil.copy("/usr/bin/true", root / "bin" / "app")
+    shutil.copy(LD_SO, root / LD_SO[1:])
+    shutil.copy(LIBC, libdir / "libc-2.36.so")
+    os.symlink("libc-2.36.so", libdir / "libc.so.6")
+    trusted_files = [trusted(p) for p in (root / "bin" / "app", root / LD_SO[1:],
+                                          libdir / "libc.so.6")]
+    manifest: dict[str, Any] = {"fs": {"root": {"uri": f"file:{root}"}},
+                                "sgx": {"trusted_files": trusted_files}}
+    fs = viewfs.ViewFS(ViewPlan.from_manifest(manifest, base_dir=tmp_path), manifest)
+    fs.prefetch("/bin/app")
+    target = os.stat(libdir / "libc.so.6")
+    app = os.stat(root / "bin" / "app")
+    assert fs._prefetched[(app.st_dev, app.st_ino)].done.wait(30)  # (dependencies queued)
+    assert fs._prefetched[(target.st_dev, target.st_ino)].done.wait(30)
+    assert fs.runtime_libraries("/bin/app") == [LD_SO, LIBC]
+    for job in list(fs._prefetched.values()):
+        assert job.done.wait(30)
+    hashed: list[int] = []
+    real = viewfs._hash_fd
+    monkeypatch.setattr(viewfs, "_hash_fd", lambda fd, size, **kw: (hashed.append(size),
+                                                                    real(fd, size, **kw))[1])
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with view_served_in_thread(fs, mnt):
+        r = subprocess.run(["chroot", str(mnt), "/bin/app"], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        assert hashed == []
+
+
 def test_prefetch_leaves_out_what_the_program_reads_elsewhere(tmp_path: Path) -> None:
     """Files PID 1 serves from the sandbox's memory are not hashed ahead for the view."""
     fs, root, files = _dynamic_tree(tmp_path)

@@ -1203,6 +1203,14 @@ class ViewFS(fuse.Operations):
                 return node, st
         return None
 
+    def _leads_to_file(self, m: Mount, root: _Root, rel: str) -> bool:
+        """Whether ``rel`` of a chroot mount is a regular file on the host, or a symlink to
+        one (which the view serves as that file when it is trusted)."""
+        if _is_regular(root, rel):
+            return True
+        st = self._stat_follow(m, rel, None) if root.is_dir else None
+        return st is not None and stat.S_ISREG(st.st_mode)
+
     def _stat_follow(self, m: Mount, rel: str, dirfd: int | None) -> os.stat_result | None:
         """stat() following the final symlink on the host (trusted links only)."""
         try:
@@ -1626,10 +1634,10 @@ class ViewFS(fuse.Operations):
 
         A needed library is looked for as ld.so looks: in DT_RPATH (of an object without
         DT_RUNPATH), ``library_path`` (the program's ``LD_LIBRARY_PATH``), DT_RUNPATH, then
-        :data:`SYSTEM_LIBRARY_DIRS`; the first view path that is a trusted regular file is
-        taken. ld.so's cache and hwcaps subdirectories are not consulted: a guess that misses
-        costs hashing, nothing else. The dependency lists are read from the host files
-        unverified, as they only choose what to hash.
+        :data:`SYSTEM_LIBRARY_DIRS`; the first view path that is a trusted regular file, or a
+        trusted symlink to one (a soname), is taken. ld.so's cache and hwcaps subdirectories
+        are not consulted: a guess that misses costs hashing, nothing else. The dependency
+        lists are read from the host files unverified, as they only choose what to hash.
 
         Only regular trusted files up to :data:`STORE_MAX` are read, and only what was hashed
         is ever served: a first open uses a result if the host file it opens is the same
@@ -1773,10 +1781,14 @@ class ViewFS(fuse.Operations):
         if trusted is None:
             return None
         mount, _, rel, sha = trusted
-        try:
-            return self._open_host_at(mount, rel, os.O_RDONLY), sha
-        except (OSError, fuse.FUSEError):
-            return None
+        # (a trusted symlink is served as the file it leads to, see _host_node: sonames
+        # such as libz.so.1 are links)
+        for follow in (False, True):
+            try:
+                return self._open_host_at(mount, rel, os.O_RDONLY, follow=follow), sha
+            except (OSError, fuse.FUSEError):
+                pass
+        return None
 
     def _prefetch_job(self, vpath: str) -> tuple[int, _Prefetch] | None:
         """Open and register for prefetching the trusted file at ``vpath``; None if it is no
@@ -1818,7 +1830,7 @@ class ViewFS(fuse.Operations):
                     continue  # $ORIGIN and friends, relative entries: not guessed
                 vpath = normalize_view_path(f"{d}/{name}")
                 trusted = self._trusted_at(vpath)
-                if trusted is not None and _is_regular(trusted[1], trusted[2]):
+                if trusted is not None and self._leads_to_file(*trusted[:3]):
                     found.append(vpath)
                     break
         return found
