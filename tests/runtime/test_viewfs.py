@@ -769,10 +769,7 @@ def test_prefetched_entry_point_is_served_only_if_unchanged(tmp_path: Path, chan
     elif change == "replaced":
         (root / "bin" / "new").write_bytes(b"Y" * len(content))
         os.replace(root / "bin" / "new", app)
-    hashed: list[int] = []
-    real = viewfs._hash_fd
-    monkeypatch.setattr(viewfs, "_hash_fd", lambda fd, size, **kw: (hashed.append(size),
-                                                                    real(fd, size, **kw))[1])
+    hashed = _count_hashing(monkeypatch)
     with view_served_in_thread(fs, mnt):
         if change is None:
             assert (mnt / "bin" / "app").read_bytes() == content
@@ -788,6 +785,26 @@ def test_prefetched_entry_point_is_served_only_if_unchanged(tmp_path: Path, chan
 
 LIBC = "/lib/x86_64-linux-gnu/libc.so.6"
 LD_SO = "/lib64/ld-linux-x86-64.so.2"
+
+
+def _count_hashing(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of the files the view hashes from now on (appended as it does)."""
+    from geode.runtime import viewfs
+
+    hashed: list[int] = []
+    real = viewfs._hash_fd
+    monkeypatch.setattr(viewfs, "_hash_fd", lambda fd, size, **kw: (hashed.append(size),
+                                                                    real(fd, size, **kw))[1])
+    return hashed
+
+
+def _run_app(fs: Any, tmp_path: Path) -> None:
+    """Run the view's /bin/app (chroot into the mounted view); it must succeed."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with view_served_in_thread(fs, mnt):
+        r = subprocess.run(["chroot", str(mnt), "/bin/app"], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
 
 
 def _dynamic_tree(tmp_path: Path) -> tuple[Any, Path, dict[str, str]]:
@@ -814,7 +831,6 @@ def test_prefetch_follows_the_entry_points_libraries(tmp_path: Path,
     """The interpreter and the libraries a dynamically linked entry point needs are hashed
     ahead too, found as ld.so finds them (an untrusted copy earlier in the search path is
     passed over), and the program's opens use those results."""
-    from geode.runtime import viewfs
 
     fs, root, files = _dynamic_tree(tmp_path)
     fs.prefetch("/bin/app", ["/opt", "relative", "/missing", ""])
@@ -827,17 +843,10 @@ def test_prefetch_follows_the_entry_points_libraries(tmp_path: Path,
         assert job.done.wait(30)
     assert sorted(idents[k] for k in jobs) == ["bin/app", "lib/x86_64-linux-gnu/libc.so.6",
                                                "lib64/ld-linux-x86-64.so.2"]
-    hashed: list[int] = []
-    real = viewfs._hash_fd
-    monkeypatch.setattr(viewfs, "_hash_fd", lambda fd, size, **kw: (hashed.append(size),
-                                                                    real(fd, size, **kw))[1])
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    with view_served_in_thread(fs, mnt):
-        r = subprocess.run(["chroot", str(mnt), "/bin/app"], capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr
-        assert hashed == []
-        assert fs._prefetched == {}
+    hashed = _count_hashing(monkeypatch)
+    _run_app(fs, tmp_path)
+    assert hashed == []
+    assert fs._prefetched == {}
 
 
 def test_prefetch_follows_a_library_s_soname_link(tmp_path: Path,
@@ -868,16 +877,9 @@ def test_prefetch_follows_a_library_s_soname_link(tmp_path: Path,
     assert fs.runtime_libraries("/bin/app") == [LD_SO, LIBC]
     for job in list(fs._prefetched.values()):
         assert job.done.wait(30)
-    hashed: list[int] = []
-    real = viewfs._hash_fd
-    monkeypatch.setattr(viewfs, "_hash_fd", lambda fd, size, **kw: (hashed.append(size),
-                                                                    real(fd, size, **kw))[1])
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    with view_served_in_thread(fs, mnt):
-        r = subprocess.run(["chroot", str(mnt), "/bin/app"], capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr
-        assert hashed == []
+    hashed = _count_hashing(monkeypatch)
+    _run_app(fs, tmp_path)
+    assert hashed == []
 
 
 def test_prefetch_leaves_out_what_the_program_reads_elsewhere(tmp_path: Path) -> None:
