@@ -107,6 +107,54 @@ def base_manifest(root: Path, trusted_paths: list[Path], **sgx: Any) -> dict[str
             "sgx": {"trusted_files": [trusted(p) for p in trusted_paths], **sgx}}
 
 
+def test_a_listing_gives_each_entry_the_attributes_getattr_gives(tmp_path: Path,
+                                                                 tree: Path) -> None:
+    """READDIRPLUS entries (most packed straight from the host stat) carry what GETATTR of the
+    same inode answers: trusted, allowed and denied files, a trusted soname-style symlink
+    served as its file, a plain symlink, a directory, a verified file."""
+    from geode.runtime import fuse
+    from geode.runtime.plan import ViewPlan
+    from geode.runtime.viewfs import ViewFS
+
+    (tree / "etc" / "allowed.txt").write_bytes(b"allowed\n")
+    (tree / "etc" / "other.txt").write_bytes(b"trusted, not opened\n")
+    os.symlink("other.txt", tree / "etc" / "link.txt")  # trusted: served as the file
+    os.symlink("nowhere", tree / "etc" / "dangling")
+    (tree / "etc" / "sub").mkdir()
+    for name in ("small.txt", "other.txt"):  # set-id bits never show on trusted files
+        os.chmod(tree / "etc" / name, 0o4755)
+    manifest = base_manifest(tree, [tree / "etc" / n for n in ("small.txt", "other.txt",
+                                                                "link.txt")],
+                             allowed_files=[f"file:{tree / 'etc' / 'allowed.txt'}"],
+                             file_check_policy="allow_all_but_log")
+    ctx = fuse.RequestContext(0, 0, 1)
+    for owner in (None, (1000, 1001)):
+        fs = ViewFS(ViewPlan.from_manifest(manifest, base_dir=tmp_path), manifest, owner=owner)
+        try:
+            etc = fs.lookup(fuse.ROOT_INODE, b"etc", ctx).st_ino
+            verified = fs.lookup(etc, b"small.txt", ctx).st_ino
+            fs.release(fs.open(verified, os.O_RDONLY, ctx).fh)  # (frozen attributes now)
+            token = fuse.ReaddirToken(1 << 20)
+            fs.readdir(etc, 0, 0, token)
+            listed = {}
+            for head, name in zip(token.parts[::3], token.parts[1::3], strict=True):
+                fields = fuse._DIRENTPLUS.unpack(head)
+                listed[name] = fields
+            assert set(listed) >= {b"small.txt", b"link.txt", b"allowed.txt", b"dangling",
+                                   b"sub", b".", b".."}
+            for name, fields in listed.items():
+                ino = fields[0]
+                want = fuse._DIRENTPLUS.unpack(
+                    fuse._pack_entry(fs.getattr(ino, ctx)) + fuse._DIRENT_HEAD.pack(
+                        ino, fields[-3], fields[-2], fields[-1]))
+                assert fields == want, name
+            for name in (b"small.txt", b"other.txt", b"link.txt"):
+                fields = listed[name]
+                assert fields[15] & 0o7777 == 0o555 and fields[17:19] == (owner or (0, 0))
+        finally:
+            fs.close()
+
+
 def test_trusted_files_are_verified_once_and_read_only(start_view: StartView, tree: Path
                                                        ) -> None:
     files = [tree / "etc" / "small.txt", tree / "big.bin"]

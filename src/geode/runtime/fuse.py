@@ -320,6 +320,33 @@ def readdir_reply(token: ReaddirToken, name: bytes, attr: EntryAttributes, next_
     return True
 
 
+def readdir_stat_reply(token: ReaddirToken, name: bytes, next_id: int, ino: int,
+                       timeout: float, st: os.stat_result, mode: int, uid: int, gid: int
+                       ) -> bool:
+    """:func:`readdir_reply` of an entry whose attributes are ``st``'s but for ``mode`` and
+    the owner (inode ``ino``, generation 0, no rdev, both timeouts ``timeout``), packed from
+    ``st`` itself: the common case of a listing, without an :class:`EntryAttributes`."""
+    namelen = len(name)
+    pad = -namelen & 7
+    size = _DIRENTPLUS_SIZE + namelen + pad
+    if token.used + size > token.limit:
+        return False
+    tv, tvn = _timeout(timeout)
+    at, atn = divmod(st.st_atime_ns, 1_000_000_000)
+    mt, mtn = divmod(st.st_mtime_ns, 1_000_000_000)
+    ct, ctn = divmod(st.st_ctime_ns, 1_000_000_000)
+    parts = token.parts
+    parts.append(_DIRENTPLUS.pack(
+        ino, 0, tv, tv, tvn, tvn,
+        ino, st.st_size, st.st_blocks, at & _U64, mt & _U64, ct & _U64, atn, mtn, ctn,
+        mode, st.st_nlink, uid, gid, 0, st.st_blksize, 0,
+        ino, next_id, namelen, (mode >> 12) & 0o17))
+    parts.append(name)
+    parts.append(_PADDING[pad])
+    token.used += size
+    return True
+
+
 class Operations:
     """Base class of a file system: every operation not overridden answers ENOSYS."""
 

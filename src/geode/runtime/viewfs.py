@@ -1552,6 +1552,7 @@ class ViewFS(fuse.Operations):
         cookies, entries = listing.cookies, listing.entries
         dirfd_cache: list[int] = []
         mount, rel, vpath, ino = node.mount, node.rel, node.vpath, node.ino
+        owner = self.owner
         found: tuple[Node, os.stat_result | None] | None
         try:
             for i in range(bisect.bisect_right(cookies, start_id), len(entries)):
@@ -1570,6 +1571,19 @@ class ViewFS(fuse.Operations):
                 except OSError:
                     continue
                 if found is None:
+                    continue
+                child, st = found
+                if st is not None and child.vstat is None and child.policy < Policy.ENCRYPTED:
+                    # (most entries: _attr's result, packed straight from the stat)
+                    mode = st.st_mode
+                    if child.policy is Policy.TRUSTED and child.kind is Kind.FILE:
+                        mode &= ~0o7222  # read-only, and no set-id bits
+                    uid, gid = owner if owner else (st.st_uid, st.st_gid)
+                    if not fuse.readdir_stat_reply(token, os.fsencode(name), cookies[i],
+                                                   child.ino, child.timeout, st, mode, uid,
+                                                   gid):
+                        break
+                    child.lookups += 1
                     continue
                 try:
                     child, attr = self._entry_attr(*found)
