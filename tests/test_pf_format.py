@@ -661,7 +661,8 @@ class ProtectedFileModel(RuleBasedStateMachine):
         self.renames = 0
         self.pf: ProtectedFile | None = None
 
-    @initialize(cache=st.sampled_from([4, 5, 16, 64]))
+    # (4096: as an encrypted mount's files; large writes reach WRITE_BACK_BATCH dirty nodes)
+    @initialize(cache=st.sampled_from([4, 5, 16, 64, 4096]))
     def start(self, cache: int) -> None:
         self.pf = ProtectedFile.open(self.host, key=KEY, path=self.path, create=True,
                                      cache_nodes=cache)
@@ -678,6 +679,11 @@ class ProtectedFileModel(RuleBasedStateMachine):
             if offset > len(self.model):
                 self.model.extend(bytes(offset - len(self.model)))
             self.model[offset:offset + len(data)] = data
+
+    @rule(offset=OFFSETS, nodes=st.integers(250, 300), byte=st.integers(0, 255))
+    def big_write(self, offset: int, nodes: int, byte: int) -> None:
+        """Enough data nodes at once for a write-back in the middle of the write."""
+        self.write(offset, bytes([byte]) * (nodes * N))
 
     @rule(offset=OFFSETS, size=st.integers(0, 50_000) | st.just(10**9))
     def read(self, offset: int, size: int) -> None:
@@ -698,7 +704,7 @@ class ProtectedFileModel(RuleBasedStateMachine):
         assert len(blob) == N * L.physical_node_count(len(self.model))
         assert indep_decrypt(blob, KEY, self.path) == bytes(self.model)
 
-    @rule(cache=st.sampled_from([4, 64]))
+    @rule(cache=st.sampled_from([4, 64, 4096]))
     def reopen(self, cache: int) -> None:
         self.f.close()
         self.pf = ProtectedFile.open(self.host, key=KEY, path=self.path, create=False,
