@@ -133,29 +133,32 @@ def _parser() -> str:
 
 class GroupedTable(Mapping[str, str]):
     """A read-only table of trusted files (host path -> lowercase sha256 hex) kept as
-    :func:`group` made it: each directory's group is unpacked into a dict on its first
-    lookup. Lookups may come from several threads; two unpacking one group at once make equal
-    dicts."""
+    :func:`group` made it: on its first lookup a directory's group becomes a dict of its
+    names (to their place) beside its digests, and a digest is turned into hex when it is
+    looked up. (Unpacking into a dict of hex strings cost 0.4 µs per name, ~0.45 ms for a
+    library directory of 1,100 trusted files; a start looks up only a few names in each.)
+    Lookups may come from several threads; two unpacking one group at once make equal
+    groups."""
 
     __slots__ = ("_groups", "_len")
 
-    def __init__(self, groups: dict[str, tuple[str, bytes] | dict[str, str]], length: int
-                 ) -> None:
-        self._groups = groups
+    def __init__(self, groups: dict[str, tuple[str, bytes]], length: int) -> None:
+        # (unpacked in place: a group's names become a dict[str, int])
+        self._groups: dict[str, tuple[Any, bytes]] = groups
         self._len = length
 
-    def _group(self, directory: str) -> dict[str, str] | None:
+    def _group(self, directory: str) -> tuple[dict[str, int], bytes] | None:
         group = self._groups.get(directory)
-        if group is None or isinstance(group, dict):
-            return group
+        if group is None:
+            return None
         names, digests = group
+        if isinstance(names, dict):
+            return names, digests
         listed = names.split("\0")
-        hexes = digests.hex()
-        if len(hexes) != 64 * len(listed):  # (not what group() makes: nothing is trusted)
-            unpacked: dict[str, str] = {}
+        if len(digests) != 32 * len(listed):  # (not what group() makes: nothing is trusted)
+            unpacked: tuple[dict[str, int], bytes] = ({}, b"")
         else:
-            unpacked = dict(zip(listed, [hexes[i:i + 64] for i in range(0, len(hexes), 64)],
-                                strict=True))
+            unpacked = (dict(zip(listed, range(len(listed)), strict=True)), digests)
         self._groups[directory] = unpacked
         return unpacked
 
@@ -168,7 +171,11 @@ class GroupedTable(Mapping[str, str]):
         group = self._group(path[:cut])
         if group is None:
             return default
-        return group.get(path[cut + 1:], default)
+        index, digests = group
+        i = index.get(path[cut + 1:])
+        if i is None:
+            return default
+        return digests[32 * i:32 * i + 32].hex()
 
     def __getitem__(self, path: str) -> str:
         sha: str | None = self.get(path)
@@ -183,7 +190,7 @@ class GroupedTable(Mapping[str, str]):
         for directory in list(self._groups):
             group = self._group(directory)
             assert group is not None
-            for name in group:
+            for name in group[0]:
                 yield f"{directory}/{name}"
 
     def __len__(self) -> int:
