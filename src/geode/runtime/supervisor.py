@@ -30,7 +30,7 @@ Host signals (the program never receives a host signal through Geode except one 
 * ``SIGTERM`` without injection, ``SIGINT`` (Ctrl-C), ``SIGHUP``, ``SIGQUIT``: tear down: every
   process of the sandbox gets SIGKILL and ``run`` returns 128+N. (Gramine ignores a SIGTERM it
   does not inject; Geode stops instead, so that service managers and ``timeout`` work. The
-  program sees the same thing in both: no _signal.) A program sharing the terminal also receives
+  program sees the same thing in both: no signal.) A program sharing the terminal also receives
   the terminal's own Ctrl-C directly from the kernel, as any foreground process does.
 * ``SIGKILL`` of the supervisor: the kernel kills the helpers (parent-death signals) and with
   PID 1 the whole pid namespace; the FUSE connection dies with the supervisor's descriptor and
