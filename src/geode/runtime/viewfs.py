@@ -307,6 +307,14 @@ class _BackgroundHash:
         self._thread.join()
 
 
+def _shown_mode(node: Node, st: os.stat_result) -> int:
+    """The mode the view shows for a host-backed node whose host attributes are ``st``: a
+    trusted file is read-only, without set-id bits."""
+    if node.policy is Policy.TRUSTED and node.kind is Kind.FILE:
+        return st.st_mode & ~0o7222
+    return st.st_mode
+
+
 def _runtime_picks(found: Sequence[str]) -> list[str]:
     """The ELF interpreter (first, as dependency lists name it) and ``libc.so.6`` of
     ``found``."""
@@ -1301,10 +1309,7 @@ class ViewFS(fuse.Operations):
         elif st is None and node.mount is not None:
             st = self._stat(node)
         if st is not None:
-            mode = st.st_mode
-            if node.policy is Policy.TRUSTED and node.kind is Kind.FILE:
-                mode &= ~0o7222  # read-only, and no set-id bits
-            a.st_mode = mode
+            a.st_mode = _shown_mode(node, st)
             a.st_nlink = st.st_nlink
             a.st_uid, a.st_gid = self.owner if self.owner else (st.st_uid, st.st_gid)
             a.st_size = st.st_size
@@ -1575,13 +1580,10 @@ class ViewFS(fuse.Operations):
                 child, st = found
                 if st is not None and child.vstat is None and child.policy < Policy.ENCRYPTED:
                     # (most entries: _attr's result, packed straight from the stat)
-                    mode = st.st_mode
-                    if child.policy is Policy.TRUSTED and child.kind is Kind.FILE:
-                        mode &= ~0o7222  # read-only, and no set-id bits
                     uid, gid = owner if owner else (st.st_uid, st.st_gid)
                     if not fuse.readdir_stat_reply(token, os.fsencode(name), cookies[i],
-                                                   child.ino, child.timeout, st, mode, uid,
-                                                   gid):
+                                                   child.ino, child.timeout, st,
+                                                   _shown_mode(child, st), uid, gid):
                         break
                     child.lookups += 1
                     continue
