@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import pickle
 from typing import Any, NamedTuple
 
@@ -100,3 +101,60 @@ def test_what_typing_refuses_is_refused() -> None:
     with pytest.raises(TypeError):
         class Mixed(Record, dict):  # type: ignore[misc]
             a: int
+
+
+_SHAPES = ["", "a: int", "a: int = 1", "a: int\n    b: str", "a: int\n    b: str = 'x'",
+           "a: int = 0\n    b: str = 'x'\n    c: bytes = b''"]
+
+
+def _both(body: str) -> tuple[Any, Any]:
+    """The class declared with ``body`` through typing.NamedTuple (T) and Record (R)."""
+    ns: dict[str, Any] = {"__name__": __name__, "NamedTuple": NamedTuple, "Record": Record}
+    code = "".join(f"class {n}({base}):\n    {body or 'pass'}\n"
+                   for n, base in (("T", "NamedTuple"), ("R", "Record")))
+    exec(compile(code, __file__, "exec"), ns)
+    return ns["T"], ns["R"]
+
+
+@pytest.mark.parametrize("body", _SHAPES)
+def test_constructors_are_namedtuples_own(body: str) -> None:
+    """The constructor Record builds (namedtuple's, compiled once per number of fields)
+    binds arguments and fails exactly as namedtuple's: same defaults, same messages."""
+    typed, record = _both(body)
+    assert record._fields == typed._fields and record.__match_args__ == typed.__match_args__
+    assert record._field_defaults == typed._field_defaults
+    assert record.__new__.__defaults__ == typed.__new__.__defaults__
+    assert record.__doc__ == typed.__doc__.replace("T(", "R(")
+    assert record.__new__.__doc__ == typed.__new__.__doc__.replace(" T(", " R(")
+    n = len(typed._fields)
+    calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+        ((), {}), (tuple(range(n)), {}), (tuple(range(n + 1)), {}), ((), {"zz": 1}),
+        ((1,), {"a": 2}), ((), {"a": 5}), ((), {"b": "y"}), ((), dict.fromkeys(typed._fields, 7)),
+    ]
+    for args, kwargs in calls:
+        outcomes = []
+        for cls in (typed, record):
+            try:
+                outcomes.append(tuple(cls(*args, **kwargs)))
+            except TypeError as e:
+                outcomes.append(str(e).replace(f"{cls.__name__}.", "X."))
+        assert outcomes[0] == outcomes[1], (args, kwargs)
+    r = record(*range(n))
+    assert record._make(range(n)) == r and copy.copy(r) == r and copy.deepcopy(r) == r
+    assert r.__getnewargs__() == tuple(r) and type(copy.copy(r)) is record
+    with pytest.raises(TypeError, match=f"Expected {n} arguments, got {n + 1}"):
+        record._make(range(n + 1))
+    with pytest.raises(ValueError, match="unexpected field names"):
+        r._replace(zz=1)
+
+
+def test_fields_starting_with_an_underscore_are_refused_as_by_typing() -> None:
+    for base in ("NamedTuple", "Record"):
+        with pytest.raises(ValueError, match="underscore"):
+            _both_one(base, "_a: int")
+
+
+def _both_one(base: str, body: str) -> Any:
+    ns: dict[str, Any] = {"__name__": __name__, "NamedTuple": NamedTuple, "Record": Record}
+    exec(compile(f"class C({base}):\n    {body}\n", __file__, "exec"), ns)
+    return ns["C"]
