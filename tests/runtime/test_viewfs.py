@@ -846,6 +846,17 @@ def _count_hashing(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return hashed
 
 
+def _wait_prefetched(fs: Any, root: Path) -> dict[tuple[int, int], Any]:
+    """The prefetch's jobs once all are done (those of the libraries are queued before the
+    entry point's is hashed)."""
+    app = os.stat(root / "bin" / "app")
+    assert fs._prefetched[(app.st_dev, app.st_ino)].done.wait(30)
+    jobs = dict(fs._prefetched)
+    for job in jobs.values():
+        assert job.done.wait(30)
+    return jobs
+
+
 def _run_app(fs: Any, tmp_path: Path) -> None:
     """Run the view's /bin/app (chroot into the mounted view); it must succeed."""
     mnt = tmp_path / "mnt"
@@ -883,12 +894,7 @@ def test_prefetch_follows_the_entry_points_libraries(tmp_path: Path,
     fs, root, files = _dynamic_tree(tmp_path)
     fs.prefetch("/bin/app", ["/opt", "relative", "/missing", ""])
     idents = {(os.stat(root / rel).st_dev, os.stat(root / rel).st_ino): rel for rel in files}
-    app = os.stat(root / "bin" / "app")
-    # The libraries were queued before the entry point was hashed.
-    assert fs._prefetched[(app.st_dev, app.st_ino)].done.wait(30)
-    jobs = dict(fs._prefetched)
-    for job in jobs.values():
-        assert job.done.wait(30)
+    jobs = _wait_prefetched(fs, root)
     assert sorted(idents[k] for k in jobs) == ["bin/app", "lib/x86_64-linux-gnu/libc.so.6",
                                                "lib64/ld-linux-x86-64.so.2"]
     hashed = _count_hashing(monkeypatch)
@@ -1000,6 +1006,46 @@ def test_runtime_libraries_found_beyond_the_entry_points_own_needs(tmp_path: Pat
         assert fs.runtime_libraries("/bin/app") == [LD_SO, LIBC]
     finally:
         fs.close()
+
+
+def test_a_library_is_hashed_once_by_the_prefetch_or_for_its_copy(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The C library is hashed once per start: a copy for PID 1 takes the prefetch's result,
+    and the prefetch leaves out a file promoted after it was queued."""
+    import fcntl
+
+    fs, root, _ = _dynamic_tree(tmp_path)
+    fs.prefetch("/bin/app", ["/opt"])
+    _wait_prefetched(fs, root)
+    hashed = _count_hashing(monkeypatch)
+    memfd = fs.verified_copy(LIBC)
+    assert memfd is not None and hashed == []
+    try:
+        assert os.pread(memfd, 64 << 20, 0) == Path(LIBC).read_bytes()
+        assert fcntl.fcntl(memfd, fcntl.F_GET_SEALS) & fcntl.F_SEAL_WRITE
+    finally:
+        os.close(memfd)
+    fs.close()
+
+    class PromotedMeanwhile(set[str]):
+        """Not excluded when the prefetch queues a path, excluded when it comes to it."""
+
+        asked: set[str] = set()
+
+        def __contains__(self, path: object) -> bool:
+            if path in self.asked:
+                return True
+            self.asked.add(str(path))
+            return False
+
+    fs, root, _ = _dynamic_tree(tmp_path / "again")
+    fs.prefetch("/bin/app", ["/opt"], exclude=PromotedMeanwhile())
+    jobs = _wait_prefetched(fs, root)
+    libc = os.stat(root / LIBC[1:])
+    app = os.stat(root / "bin" / "app")
+    assert jobs[(libc.st_dev, libc.st_ino)].blocks is None  # left out: not hashed
+    assert jobs[(app.st_dev, app.st_ino)].blocks is not None
+    fs.close()
 
 
 def test_prefetch_follows_gramines_interpreter_link(tmp_path: Path) -> None:

@@ -1665,12 +1665,14 @@ class ViewFS(fuse.Operations):
         search = tuple(d for d in library_path if d.startswith("/"))
 
         def run() -> None:
-            todo = deque([first])
+            todo = deque([(vpath, *first)])
             mine = []
             while todo:
-                fd, job = todo.popleft()
+                path, fd, job = todo.popleft()
                 mine.append(job)
                 try:
+                    if path in exclude:  # (since it was queued: hashed where it is read)
+                        continue
                     # The dependencies are queued before the file is hashed: an open that
                     # comes first then waits for its turn instead of hashing in parallel.
                     for dep in self._needed_libraries(fd, search):
@@ -1678,7 +1680,7 @@ class ViewFS(fuse.Operations):
                             continue
                         queued = self._prefetch_job(dep)
                         if queued is not None:
-                            todo.append(queued)
+                            todo.append((dep, *queued))
                     job.digest, _, job.blocks = _hash_fd(
                         fd, job.st.st_size, keep=True, table=False,
                         parallel=job.st.st_size >= PARALLEL_HASH_MIN)
@@ -1756,7 +1758,8 @@ class ViewFS(fuse.Operations):
 
     def verified_copy(self, vpath: str) -> int | None:
         """A sealed memfd holding the bytes of the trusted file at ``vpath``, read and hashed
-        now and matched against the manifest (for PID 1 to serve it from the sandbox's
+        once (by the prefetch, if it came to this very file first, see :meth:`prefetch`) and
+        matched against the manifest (for PID 1 to serve it from the sandbox's
         memory, see :func:`geode.runtime.sandbox._promote`); None if it is no such file, is
         bigger than :data:`STORE_MAX`, or does not match (the view then answers the program's
         own open of it, and reports a mismatch there)."""
@@ -1765,10 +1768,17 @@ class ViewFS(fuse.Operations):
             return None
         fd, sha = opened
         try:
-            size = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            size = st.st_size
             if size > STORE_MAX:
                 return None
-            digest, _, blocks = _hash_fd(fd, size, keep=True, table=False)
+            # (the prefetch's result, if it hashed this very file first: once is enough)
+            job = self._take_prefetched(st) if self._prefetched else None
+            if job is not None:
+                digest, blocks = job.digest, job.blocks
+                job.blocks = None
+            else:
+                digest, _, blocks = _hash_fd(fd, size, keep=True, table=False)
         except OSError:
             return None
         finally:
