@@ -1468,3 +1468,14 @@ def test_busy_polling_reader_answers_then_sleeps() -> None:
         assert not s.thread.is_alive() and s.error is None
     finally:
         s.close()
+
+
+@pytest.mark.parametrize("err", [errno.ENODEV, errno.ECONNABORTED])
+def test_a_reply_to_a_connection_that_is_gone_ends_the_session(err: int) -> None:
+    """Unmounted (ENODEV) or aborted (ECONNABORTED, which a torn-down sandbox's connection
+    has returned) both mean the connection is gone: the session ends, it does not fail."""
+    with pytest.raises(fuse._DeviceGone):
+        fuse._reply_failed(OSError(err, os.strerror(err)))
+    fuse._reply_failed(OSError(errno.ENOENT, "interrupted"))  # (nobody waits: dropped)
+    with pytest.raises(OSError):
+        fuse._reply_failed(OSError(errno.EINVAL, "a reply the kernel refused"))

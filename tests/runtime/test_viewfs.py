@@ -155,6 +155,44 @@ def test_a_listing_gives_each_entry_the_attributes_getattr_gives(tmp_path: Path,
             fs.close()
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="aborting a FUSE connection needs root")
+def test_an_aborted_connection_ends_the_view_quietly(tmp_path: Path, tree: Path) -> None:
+    """A connection aborted through fusectl (as the supervisor does when a torn-down sandbox
+    leaves a straggler) ends the server like an unmount: its readers get ECONNABORTED, not
+    ENODEV, and that is no failure of the view."""
+    from geode.runtime.plan import ViewPlan
+    from geode.runtime.viewfs import ViewFS, serve
+
+    manifest = base_manifest(tree, [tree / "etc" / "small.txt"])
+    fs = ViewFS(ViewPlan.from_manifest(manifest, base_dir=tmp_path), manifest)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    ready, failures = threading.Event(), []
+
+    def server() -> None:
+        try:
+            serve(fs, mnt, ready=ready.set)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            failures.append(e)
+            ready.set()
+
+    t = threading.Thread(target=server, daemon=True)
+    t.start()
+    try:
+        assert ready.wait(30) and not failures, failures
+        assert (mnt / "etc" / "small.txt").read_bytes() == b"hello trusted\n"
+        minor = os.minor(os.stat(mnt).st_dev)
+        # (fusectl in a mount namespace of its own: the host's mount table stays as it is)
+        subprocess.run(["unshare", "-m", "sh", "-c",
+                        "mount -t fusectl none /sys/fs/fuse/connections && "
+                        f"echo 1 > /sys/fs/fuse/connections/{minor}/abort"], check=True)
+        t.join(30)
+        assert not t.is_alive(), "the view server did not stop"
+        assert failures == []
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], stderr=subprocess.DEVNULL, check=False)
+
+
 def test_trusted_files_are_verified_once_and_read_only(start_view: StartView, tree: Path
                                                        ) -> None:
     files = [tree / "etc" / "small.txt", tree / "big.bin"]

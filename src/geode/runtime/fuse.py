@@ -32,7 +32,9 @@ Invariants
   message (no OPENDIR, no RELEASEDIR, handle 0) and keeps their listings in its page cache
   until the directory changes (its mtime, or a change made through the mount).
 * A reply the kernel no longer waits for (the request was interrupted, or the connection is
-  being torn down) is dropped silently (ENOENT from the write); ENODEV on read ends the loop.
+  being torn down) is dropped silently (ENOENT from the write); a connection that is gone
+  (``_GONE``: ENODEV once unmounted, ECONNABORTED once aborted through fusectl) ends the
+  loop.
 """
 
 from __future__ import annotations
@@ -240,10 +242,15 @@ class _DeviceGone(Exception):
     """The connection was aborted or unmounted while a reply was being written."""
 
 
+#: errnos of a read or write on a connection that is gone: unmounted (ENODEV) or aborted
+#: (ECONNABORTED, as :func:`abort` does when a torn-down sandbox leaves a straggler)
+_GONE = (errno.ENODEV, errno.ECONNABORTED)
+
+
 def _reply_failed(e: OSError) -> None:
     if e.errno == errno.ENOENT:  # the request was interrupted: nobody waits for the reply
         return
-    if e.errno == errno.ENODEV:
+    if e.errno in _GONE:
         raise _DeviceGone from None
     raise e  # a reply the kernel rejected (EINVAL): a bug of this module
 
@@ -536,7 +543,7 @@ class Session:
                     continue
                 if e.errno in (errno.EINTR, errno.EAGAIN, errno.ENOENT):
                     continue  # ENOENT: the request was interrupted before we read it
-                if e.errno == errno.ENODEV:  # unmounted or aborted
+                if e.errno in _GONE:
                     self._end()
                     return
                 raise
@@ -898,8 +905,8 @@ def unmount(mountpoint: str) -> None:
 
 def abort(dev: int) -> bool:
     """Abort the FUSE connection of the mount with device number ``dev`` (through fusectl,
-    when it is mounted): its readers get ENODEV even while files of a lazily unmounted view
-    are still open. Returns False when it could not."""
+    when it is mounted): its readers get ECONNABORTED even while files of a lazily
+    unmounted view are still open. Returns False when it could not."""
     try:
         with open(f"/sys/fs/fuse/connections/{os.minor(dev)}/abort", "w") as f:
             f.write("1")
