@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 DEBIAN_PACKAGES=(
     # FUSE: fusermount3; headers to build pyfuse3 for the tests' configfs-tsm stand-in
     fuse3 libfuse3-dev pkg-config gcc make
+    # Geode's C module for protected-file crypto (optional: cryptography stands in without it)
+    libssl-dev python3-dev
     # real programs the examples and tests run in the shield
     bash coreutils python3 redis-server redis-tools nginx-light sqlite3 memcached curl
     # examples/ra-tls-secret-prov: cryptography for the shield's python3, openssl for its CA
@@ -39,7 +41,9 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 stamp=.venv/.geode-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+# (re-installed when the build's inputs change: the editable install builds the C module)
+if [ ! -f "$stamp" ] || [ -n "$(find pyproject.toml setup.py src -newer "$stamp" \
+        \( -name pyproject.toml -o -name setup.py -o -name "*.c" \) -print -quit)" ]; then
     .venv/bin/pip install -q --upgrade pip >/dev/null
     .venv/bin/pip install -q -e '.[runtime,test]'
     touch "$stamp"

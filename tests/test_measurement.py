@@ -69,7 +69,12 @@ def test_identity_file_format() -> None:
     files = {line.split(" ")[1]: line.split(" ")[2] for line in body if line.startswith("file ")}
     assert files["measurement.py"] == hashlib.sha256(
         (pkg / "measurement.py").read_bytes()).hexdigest()
-    assert set(files) == {p.relative_to(pkg).as_posix() for p in pkg.rglob("*.py")}
+    sources = [*pkg.rglob("*.py"), *pkg.rglob("*.c")]
+    assert set(files) == {p.relative_to(pkg).as_posix() for p in sources}
+    # the C module enters by its source, not by the library built from it
+    assert files["formats/pf/_gcm.c"] == hashlib.sha256(
+        (pkg / "formats/pf/_gcm.c").read_bytes()).hexdigest()
+    assert not any(name.endswith(".so") for name in files)
     assert runtime_identity() == hashlib.sha256(text.encode()).digest()
     assert libos_path().read_text() == text
 
@@ -117,11 +122,13 @@ def _package(root: Path) -> None:
     (root / "a.py").write_text("a = 1\n")
     (root / "sub" / "b.py").write_text("b = 2\n")
     (root / "sub" / "notes.txt").write_text("not code\n")
+    (root / "sub" / "m.c").write_text("int m;\n")
+    (root / "sub" / "m.so").write_bytes(b"\x7fELF built")
 
 
 def _hashed(root: Path) -> list[tuple[str, str]]:
     return sorted((p.relative_to(root).as_posix(), hashlib.sha256(p.read_bytes()).hexdigest())
-                  for p in root.rglob("*.py"))
+                  for p in [*root.rglob("*.py"), *root.rglob("*.c")])
 
 
 def test_package_digests_are_remembered_and_follow_every_change(

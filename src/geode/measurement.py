@@ -11,7 +11,7 @@ So the measurement is a hash over exactly those two things:
         geode-runtime-identity/1
         python <implementation> <major>.<minor>
         dist <name> <version>          (each third-party distribution the runtime imports)
-        file <path relative to the geode package> <sha256 hex>   (every *.py of the package)
+        file <path relative to the geode package> <sha256 hex>   (every *.py and *.c file)
 
     Lines after the first are sorted bytewise; every line ends with ``\\n``.
     Its SHA-256 is the *runtime identity digest*. The file is written to
@@ -54,7 +54,8 @@ _PACKAGE_ROOT = os.path.dirname(os.path.realpath(__file__))
 
 
 def _package_files() -> list[tuple[str, str]]:
-    """``(path relative to the package, sha256 hex)`` of every ``*.py`` file, sorted.
+    """``(path relative to the package, sha256 hex)`` of every ``*.py`` and ``*.c`` file (the
+    C module's source, see :mod:`geode.formats.pf.gcm`), sorted.
 
     ``os.walk`` rather than ``Path.rglob``: the same files (neither follows symlinked
     directories), ~2 ms less at every start. Reading and hashing the ~80 files took another
@@ -68,7 +69,7 @@ def _package_files() -> list[tuple[str, str]]:
     for dirpath, _, names in os.walk(root):
         rel_dir = dirpath[len(root) + 1:]  # os.walk's dirpath is root, or root + "/" + ...
         for name in names:
-            if name.endswith(".py"):
+            if name.endswith((".py", ".c")):
                 path = f"{dirpath}/{name}"
                 st = os.stat(path)
                 found.append((f"{rel_dir}/{name}" if rel_dir else name, path,

@@ -31,10 +31,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from types import TracebackType
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from geode.errors import GeodeError
+from geode.formats.pf import gcm
 from geode.formats.pf import layout as L
 from geode.formats.pf.errors import PfError, PfErrorKind
 from geode.formats.pf.host import Host, HostFile
@@ -356,7 +354,7 @@ class ProtectedFile:
                 if plain is None:
                     raise self._error(PfErrorKind.CORRUPT_NODE, "root MHT node (physical node "
                                       "1) does not authenticate", node=1)
-                root = bytearray(plain)
+                root = plain
             else:
                 root = bytearray(L.NODE_SIZE)
             self._root = root
@@ -374,12 +372,11 @@ class ProtectedFile:
         if k * L.DATA_PER_MHT < L.data_node_count(self._size):
             physical = L.mht_node_physical(k)
             raw = self._read_physical(physical, 1)
-            plain = L.decrypt_node(bytes(parent[slot:slot + 16]), raw,
-                                   bytes(parent[slot + 16:slot + 32]))
-            if plain is None:
+            entry = memoryview(parent)[slot:slot + L.ENTRY_SIZE]
+            node = gcm.decrypt(entry[:16], raw, entry[16:])
+            if node is None:
                 raise self._error(PfErrorKind.CORRUPT_NODE, f"MHT node {k} (physical node "
                                   f"{physical}) does not authenticate", node=physical)
-            node = bytearray(plain)
         else:
             node = bytearray(L.NODE_SIZE)
         self._mht[k] = node
@@ -398,23 +395,23 @@ class ProtectedFile:
         p0 = L.data_node_physical(first)
         raw = memoryview(self._read_physical(p0, L.data_node_physical(last) - p0 + 1))
         data = self._data
-        iv = L.IV
+        decrypt = gcm.decrypt
+        node_size = L.NODE_SIZE
         per_mht = L.DATA_PER_MHT
-        k_cur, mht = -1, bytearray()
+        k_cur, mht = -1, memoryview(b"")
         for d in range(first, last + 1):
             k = d // per_mht
             if k != k_cur:
-                mht, k_cur = self._get_mht(k), k
+                mht, k_cur = memoryview(self._get_mht(k)), k
             slot = (d - k * per_mht) * L.ENTRY_SIZE
-            off = (d + 2 + k - p0) * L.NODE_SIZE
-            try:
-                plain = AESGCM(bytes(mht[slot:slot + 16])).decrypt(
-                    iv, raw[off:off + L.NODE_SIZE].tobytes() + mht[slot + 16:slot + 32], None)
-            except InvalidTag:
+            off = (d + 2 + k - p0) * node_size
+            plain = decrypt(mht[slot:slot + 16], raw[off:off + node_size],
+                            mht[slot + 16:slot + 32])
+            if plain is None:
                 physical = L.data_node_physical(d)
                 raise self._error(PfErrorKind.CORRUPT_NODE, f"data node {d} (physical node "
-                                  f"{physical}) does not authenticate", node=physical) from None
-            data[d] = bytearray(plain)
+                                  f"{physical}) does not authenticate", node=physical)
+            data[d] = plain
 
     def _get_data(self, d: int) -> bytearray:
         node = self._data.get(d)
@@ -592,20 +589,23 @@ class ProtectedFile:
     def _encrypt_dirty(self) -> list[tuple[int, bytes | memoryview]]:
         """Re-encrypt dirty data, MHT and root nodes; return (physical, ciphertext) sorted.
 
-        Data nodes first, then MHT nodes from the highest number (the deepest) down, each
-        node's fresh key and tag going into its parent, then the root into the metadata.
+        Data nodes first (one batch), then MHT nodes from the highest number (the deepest)
+        down, each node's fresh key and tag going into its parent, then the root into the
+        metadata.
         """
         dirty_data = sorted(self._dirty_data)
         dirty_mht = sorted(self._dirty_mht, reverse=True)
-        keys = os.urandom(L.KEY_SIZE * (len(dirty_data) + len(dirty_mht) + 1))
-        iv = L.IV
+        n_data = len(dirty_data)
+        keys = os.urandom(L.KEY_SIZE * (n_data + len(dirty_mht) + 1))
         node_size = L.NODE_SIZE
+        record = node_size + L.MAC_SIZE  # (ciphertext, tag) of one node in a batch's output
         per_mht = L.DATA_PER_MHT
         blocks: list[tuple[int, bytes | memoryview]] = []
         append = blocks.append
         root = self._get_root()
-        data = self._data
         mht_cache = self._mht
+        data = self._data
+        sealed = memoryview(gcm.encrypt_many(keys[:n_data * 16], [data[d] for d in dirty_data]))
         at = 0
         k_cur, parent = -1, root
         for d in dirty_data:
@@ -613,22 +613,22 @@ class ProtectedFile:
             if k != k_cur:
                 k_cur = k
                 parent = root if k == 0 else mht_cache[k]
-            key = keys[at:at + 16]
-            at += 16
-            out = AESGCM(key).encrypt(iv, data[d], None)
             slot = (d - k * per_mht) * 32
-            parent[slot:slot + 32] = key + out[node_size:]
-            append((d + 2 + k, memoryview(out)[:node_size]))
+            parent[slot:slot + 16] = keys[at * 16:at * 16 + 16]
+            parent[slot + 16:slot + 32] = sealed[at * record + node_size:(at + 1) * record]
+            append((d + 2 + k, sealed[at * record:at * record + node_size]))
+            at += 1
+        encrypt = gcm.encrypt
         for k in dirty_mht:  # children before parents
             parent_k, slot = L.mht_node_parent(k)
             parent = root if parent_k == 0 else mht_cache[parent_k]
-            key = keys[at:at + 16]
-            at += 16
-            out = AESGCM(key).encrypt(iv, mht_cache[k], None)
+            key = keys[at * 16:at * 16 + 16]
+            at += 1
+            out = encrypt(key, mht_cache[k])
             parent[slot:slot + 32] = key + out[node_size:]
             append((L.mht_node_physical(k), memoryview(out)[:node_size]))
-        key = keys[at:at + 16]
-        out = AESGCM(key).encrypt(iv, root, None)
+        key = keys[at * 16:at * 16 + 16]
+        out = encrypt(key, root)
         self._root_key, self._root_mac = key, out[node_size:]
         append((1, memoryview(out)[:node_size]))
         self._dirty_data.clear()

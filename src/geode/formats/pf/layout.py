@@ -37,10 +37,10 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import algorithms
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.cmac import CMAC
+
+from geode.formats.pf import gcm
 
 NODE_SIZE = 4096
 KEY_SIZE = 16
@@ -186,17 +186,14 @@ class MetadataKdf:
 
 def encrypt_node(key: bytes, plaintext: bytes | bytearray | memoryview) -> tuple[bytes, bytes]:
     """AES-128-GCM with a zero IV and no AAD: (ciphertext, 16-byte tag)."""
-    out = AESGCM(key).encrypt(IV, plaintext, None)
+    out = gcm.encrypt(key, plaintext)
     return out[:-MAC_SIZE], out[-MAC_SIZE:]
 
 
-def decrypt_node(key: bytes, ciphertext: bytes | bytearray | memoryview,
-                 mac: bytes) -> bytes | None:
+def decrypt_node(key: bytes | bytearray | memoryview, ciphertext: bytes | bytearray | memoryview,
+                 mac: bytes | bytearray | memoryview) -> bytearray | None:
     """The plaintext, or None when the tag does not match."""
-    try:
-        return AESGCM(key).decrypt(IV, bytes(ciphertext) + bytes(mac), None)
-    except InvalidTag:
-        return None
+    return gcm.decrypt(key, ciphertext, mac)
 
 
 # --- metadata node -------------------------------------------------------------------------------
@@ -247,7 +244,7 @@ def pack_fields(fields: Fields) -> bytes:
                         bytes(fields.data).ljust(MD_DATA_SIZE, b"\0"))
 
 
-def unpack_fields(plain: bytes) -> tuple[Fields, bool]:
+def unpack_fields(plain: bytes | bytearray) -> tuple[Fields, bool]:
     """(fields, path_terminated): the path field must hold a NUL to be valid."""
     path_field, size, root_key, root_mac, data = _FIELDS.unpack(plain)
     nul = path_field.find(b"\0")
