@@ -1470,6 +1470,70 @@ def test_busy_polling_reader_answers_then_sleeps() -> None:
         s.close()
 
 
+def _cpu_while_idle(s: Served, seconds: float) -> float:
+    """CPU time (clock ticks) of ``s``'s reader (the thread serving it) over ``seconds`` of
+    no requests."""
+    def ticks() -> int:
+        with open(f"/proc/self/task/{s.thread.native_id}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+
+    before = ticks()
+    time.sleep(seconds)
+    return ticks() - before
+
+
+def test_exec_polling_spins_only_after_an_exec_open_and_its_release() -> None:
+    """With exec_poll_us, the reader polls after answering an open that carries
+    FMODE_EXEC (execve's) and after the release of such a handle, and only then: an
+    ordinary open, and the release of its handle, leave it asleep."""
+    ops = Recorder()
+    s = Served(ops, exec_poll_us=600_000)  # (a long window, for the CPU it spins to show)
+    tick = os.sysconf("SC_CLK_TCK")
+    exec_flags = os.O_RDONLY | 0o100000 | fuse._FMODE_EXEC  # O_LARGEFILE | FMODE_EXEC
+    try:
+        s.send(request(OP_INIT, init_body(), unique=1))
+        assert s.recv().error == 0
+        s.send(request(OP_OPEN, struct.pack(OPEN_IN, os.O_RDONLY, 0), nodeid=5, unique=2))
+        assert s.recv().error == 0
+        assert _cpu_while_idle(s, 0.4) < 0.1 * tick  # an ordinary open: asleep
+        s.send(request(OP_OPEN, struct.pack(OPEN_IN, exec_flags, 0), nodeid=5, unique=3))
+        assert struct.unpack(OPEN_OUT, s.recv().payload)[0] == 77
+        assert s.session._exec_handles == {77}
+        assert _cpu_while_idle(s, 0.4) > 0.15 * tick  # polling
+        time.sleep(0.3)  # (the window is over)
+        assert _cpu_while_idle(s, 0.4) < 0.1 * tick
+        s.send(request(OP_RELEASE, struct.pack(RELEASE_IN, 77, 0, 0, 0), unique=4))
+        assert s.recv().error == 0
+        assert s.session._exec_handles == set()
+        assert _cpu_while_idle(s, 0.4) > 0.15 * tick  # polling after the exec handle's release
+        time.sleep(0.3)
+        s.send(request(OP_RELEASE, struct.pack(RELEASE_IN, 77, 0, 0, 0), unique=5))
+        assert s.recv().error == 0
+        assert _cpu_while_idle(s, 0.4) < 0.1 * tick  # not an exec handle any more: asleep
+        s.send(request(OP_DESTROY, unique=6))
+        assert s.recv().error == 0
+        s.thread.join(10)
+        assert not s.thread.is_alive() and s.error is None
+    finally:
+        s.close()
+
+
+def test_without_exec_polling_exec_opens_are_not_tracked() -> None:
+    ops = Recorder()
+    s = Served(ops)
+    try:
+        s.send(request(OP_INIT, init_body(), unique=1))
+        assert s.recv().error == 0
+        flags = os.O_RDONLY | fuse._FMODE_EXEC
+        s.send(request(OP_OPEN, struct.pack(OPEN_IN, flags, 0), nodeid=5, unique=2))
+        assert s.recv().error == 0
+        assert s.session._exec_handles == set()
+        assert _cpu_while_idle(s, 0.3) < 0.1 * os.sysconf("SC_CLK_TCK")
+    finally:
+        s.close()
+
+
 @pytest.mark.parametrize("err", [errno.ENODEV, errno.ECONNABORTED])
 def test_a_reply_to_a_connection_that_is_gone_ends_the_session(err: int) -> None:
     """Unmounted (ENODEV) or aborted (ECONNABORTED, which a torn-down sandbox's connection

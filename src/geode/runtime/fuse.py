@@ -97,6 +97,8 @@ FOPEN_DIRECT_IO = 1 << 0
 FOPEN_KEEP_CACHE = 1 << 1
 FOPEN_NONSEEKABLE = 1 << 2
 FOPEN_NOFLUSH = 1 << 5
+#: the kernel's FMODE_EXEC (``__FMODE_EXEC``), set in the flags of the open that execve makes
+_FMODE_EXEC = 0x20
 
 # setattr valid bits
 FATTR_MODE, FATTR_UID, FATTR_GID, FATTR_SIZE = 1, 2, 4, 8
@@ -415,13 +417,18 @@ class Session:
     before it sleeps. A request that follows its predecessor's reply closely (a program
     doing small synchronous I/O) is then picked up without waking a sleeping CPU, at the
     cost of spinning one; 0 (the default) never spins.
+
+    ``exec_poll_us``: the same, but only after answering an ``execve``'s open of a file
+    (``FMODE_EXEC``) and the release of such a file. A program that runs other programs in
+    a loop (a shell script) then finds the supervisor awake for its next exec, while one
+    that opens files for I/O (a web server) never makes it spin.
     """
 
     def __init__(self, fd: int, ops: Operations, *, max_write: int = 1 << 20,
                  writeback_cache: bool = False, max_readahead: int = 1 << 20,
                  root: int = ROOT_INODE, lock: threading.Lock | None = None,
                  busy_poll_us: int = 0, time_gran: int = 1,
-                 handle_killpriv: bool = False) -> None:
+                 handle_killpriv: bool = False, exec_poll_us: int = 0) -> None:
         self.fd = fd
         self.ops = ops
         self.max_write = max_write
@@ -430,6 +437,9 @@ class Session:
         self.max_readahead = max_readahead
         self.root = root
         self.busy_poll_ns = busy_poll_us * 1000
+        self.exec_poll_ns = exec_poll_us * 1000
+        #: handles the kernel opened to execute a file (see ``exec_poll_us``)
+        self._exec_handles: set[int] = set()
         self.time_gran = time_gran
         self.lock = lock if lock is not None else threading.Lock()
         self.proto_minor = 0
@@ -525,9 +535,10 @@ class Session:
         # maps a page of it only when a request first reaches that far, and most are small.
         fd, buf = self.fd, mmap.mmap(-1, self._bufsize)
         whole = memoryview(buf)
-        spin, deadline = self.busy_poll_ns, 0
+        spin, exec_spin, deadline = self.busy_poll_ns, self.exec_poll_ns, 0
         waiter = None
-        if spin:
+        _current.exec_step = False
+        if spin or exec_spin:
             import select
 
             os.set_blocking(fd, False)  # (shared by every reader: they all wait in poll)
@@ -557,6 +568,9 @@ class Session:
                     self._threads -= 1
             if spin:
                 deadline = time.perf_counter_ns() + spin
+            elif _current.exec_step:  # (set by _open and _release)
+                _current.exec_step = False
+                deadline = time.perf_counter_ns() + exec_spin
             if not more:
                 self._end()
                 return
@@ -776,6 +790,9 @@ class Session:
         flags, _ = _OPEN_IN.unpack_from(body)
         info = self.ops.open(nodeid, flags, ctx)  # type: ignore[attr-defined]
         self._reply(unique, self._open_reply(info))
+        if flags & _FMODE_EXEC and self.exec_poll_ns:
+            self._exec_handles.add(info.fh)
+            _current.exec_step = True
 
     def _read(self, unique: int, nodeid: int, ctx: RequestContext, body: memoryview) -> None:
         fh, offset, size, *_ = _READ_IN.unpack_from(body)
@@ -796,6 +813,9 @@ class Session:
         fh, *_ = _RELEASE_IN.unpack_from(body)
         self.ops.release(fh)  # type: ignore[attr-defined]
         self._reply(unique)
+        if fh in self._exec_handles:
+            self._exec_handles.discard(fh)
+            _current.exec_step = True
 
     def _fsync(self, unique: int, nodeid: int, ctx: RequestContext, body: memoryview) -> None:
         fh, flags, _ = _FSYNC_IN.unpack_from(body)

@@ -169,6 +169,12 @@ DEV_LINKS = {
 #: busy-polling of the encrypted mounts' own connections after each reply, in µs (see
 #: fuse.Session; docs/performance.md has the measurements)
 OWN_CONNECTION_POLL_US = 100
+#: how long the root connection's reader polls after an exec's open or its release, in µs
+#: (fuse.Session's ``exec_poll_us``): 1,000 fork+execs of /usr/bin/true took 1.37-1.40 s
+#: without, 1.22-1.28 s with (native 1.08-1.13 s; interleaved rounds, docs/performance.md).
+#: Polling after every reply instead slowed nginx (its workers open the file they serve at
+#: each request, and need both vCPUs).
+EXEC_POLL_US = 1000
 #: times of encrypted files kept by the kernel in whole seconds (see fuse.Session): a
 #: database syncing every transaction then costs no time-flushing SETATTR per fsync
 OWN_CONNECTION_TIME_GRAN = 1_000_000_000
@@ -2653,7 +2659,7 @@ def serve_fd(fs: ViewFS, fd: int, path: str = "/", *, threads: int = 4) -> None:
     session = fuse.Session(fd, fs, root=fs.connection_root(path), writeback_cache=own,
                            lock=fs.lock, busy_poll_us=OWN_CONNECTION_POLL_US if own else 0,
                            time_gran=OWN_CONNECTION_TIME_GRAN if own else 1,
-                           handle_killpriv=own)
+                           handle_killpriv=own, exec_poll_us=0 if own else EXEC_POLL_US)
     with fs.serving():
         session.serve(threads)
 
