@@ -143,25 +143,34 @@ def _rps(output: str, test: str) -> float:
     return float(m.group(1))
 
 
+def _paired(name: str, native: list[float], geode: list[float], unit: str) -> None:
+    """A throughput row (medians) and the median of the per-round Geode/native ratios."""
+    row(name, statistics.median(native), statistics.median(geode), unit, "higher")
+    paired = statistics.median(g / n for n, g in zip(native, geode, strict=True))
+    print(f"{'':<44} median of paired ratios x{paired:.2f} ({len(native)} rounds)")
+
+
 def bench_redis(work: Path, runs: int) -> None:
     native_port, geode_port = 16379, 16380
     d = build("redis", work, f"PORT={geode_port}")
     cmd = ["redis-benchmark", "-q", "-t", "set,get", "-n", "100000", "-c", "50"]
-    results: dict[str, dict[str, list[float]]] = {"native": {}, "geode": {}}
+    results: dict[str, dict[str, list[float]]] = {"native": {"SET": [], "GET": []},
+                                                  "geode": {"SET": [], "GET": []}}
     native_srv = ["redis-server", "--save", "", "--bind", "127.0.0.1", "--port",
                   str(native_port)]
     geode_srv = [str(BIN / "gramine-direct"), "redis-server"]
-    for name, srv, port, cwd in (("native", native_srv, native_port, None),
-                                 ("geode", geode_srv, geode_port, d)):
-        with server(srv, port, cwd):
-            for _ in range(max(1, runs // 2)):
+    # Both servers run at once and the client alternates between them round by round, so
+    # that the machine's drift hits both alike (an idle server costs nothing).
+    with server(native_srv, native_port), server(geode_srv, geode_port, d):
+        targets = [("native", native_port), ("geode", geode_port)]
+        for i in range(max(1, runs // 2)):
+            for name, port in targets if i % 2 == 0 else targets[::-1]:
                 out = sh([*cmd, "-p", str(port)]).stdout
                 for test in ("SET", "GET"):
-                    results[name].setdefault(test, []).append(_rps(out, test))
+                    results[name][test].append(_rps(out, test))
     for test in ("SET", "GET"):
-        row(f"redis-benchmark {test} -c 50 (req/s, median)",
-            statistics.median(results["native"][test]),
-            statistics.median(results["geode"][test]), "req/s", "higher")
+        _paired(f"redis-benchmark {test} -c 50 (req/s, median)", results["native"][test],
+                results["geode"][test], "req/s")
 
 
 def bench_nginx(work: Path, runs: int) -> None:
@@ -176,19 +185,21 @@ def bench_nginx(work: Path, runs: int) -> None:
     native_srv = ["nginx", "-e", "stderr", "-p", f"{native_dir}/", "-c",
                   str(native_dir / "nginx.conf")]
     geode_srv = [str(BIN / "gramine-direct"), "nginx"]
-    results: dict[str, list[float]] = {}
-    for name, srv, port, cwd in (("native", native_srv, 8003, None),
-                                 ("geode", geode_srv, 8002, d)):
-        with server(srv, port, cwd):
-            url = f"http://127.0.0.1:{port}/1K.txt"
+    results: dict[str, list[float]] = {"native": [], "geode": []}
+    # Both servers at once, the client alternating between them (as for redis).
+    with server(native_srv, 8003), server(geode_srv, 8002, d):
+        targets = [("native", "http://127.0.0.1:8003/1K.txt"),
+                   ("geode", "http://127.0.0.1:8002/1K.txt")]
+        for _, url in targets:
             sh(["wrk", "-t2", "-c32", "-d1s", url])  # warm up
-            for _ in range(max(1, runs // 2)):
+        for i in range(max(1, runs // 2)):
+            for name, url in targets if i % 2 == 0 else targets[::-1]:
                 out = sh(["wrk", "-t2", "-c32", "-d5s", url]).stdout
                 m = re.search(r"Requests/sec:\s+([\d.]+)", out)
                 assert m, out
-                results.setdefault(name, []).append(float(m.group(1)))
-    row("wrk -t2 -c32 nginx 1 KiB static file", statistics.median(results["native"]),
-        statistics.median(results["geode"]), "req/s", "higher")
+                results[name].append(float(m.group(1)))
+    _paired("wrk -t2 -c32 nginx 1 KiB static file", results["native"], results["geode"],
+            "req/s")
 
 
 VERIFY_TEMPLATE = """\
