@@ -1293,6 +1293,14 @@ class Served:
         self.thread.join(10)
         self.sock.close()
 
+    def destroy(self, unique: int) -> None:
+        """End the connection as the kernel does (DESTROY): it is answered, and the serving
+        thread ends without an error."""
+        self.send(request(OP_DESTROY, unique=unique))
+        assert self.recv() == Reply(unique, 0, b"")
+        self.thread.join(10)
+        assert not self.thread.is_alive() and self.error is None
+
 
 def test_serve_until_destroy() -> None:
     ops = Recorder()
@@ -1303,10 +1311,7 @@ def test_serve_until_destroy() -> None:
         s.send(request(OP_LOOKUP, cstr(b"x"), unique=2))
         reply = s.recv()
         assert reply.unique == 2 and parse_entry(reply.payload).nodeid == 5
-        s.send(request(OP_DESTROY, unique=3))
-        assert s.recv() == Reply(3, 0, b"")
-        s.thread.join(10)
-        assert not s.thread.is_alive() and s.error is None
+        s.destroy(3)
         assert ops.destroyed == 1
     finally:
         s.close()
@@ -1462,10 +1467,7 @@ def test_busy_polling_reader_answers_then_sleeps() -> None:
         assert spent < 0.2 * os.sysconf("SC_CLK_TCK"), spent  # idle, not spinning
         s.send(request(OP_GETATTR, bytes(16), nodeid=4, unique=99))  # after the window
         assert s.recv().unique == 99
-        s.send(request(OP_DESTROY, unique=100))
-        assert s.recv().error == 0
-        s.thread.join(10)
-        assert not s.thread.is_alive() and s.error is None
+        s.destroy(100)
     finally:
         s.close()
 
@@ -1511,10 +1513,7 @@ def test_exec_polling_spins_only_after_an_exec_open_and_its_release() -> None:
         s.send(request(OP_RELEASE, struct.pack(RELEASE_IN, 77, 0, 0, 0), unique=5))
         assert s.recv().error == 0
         assert _cpu_while_idle(s, 0.4) < 0.1 * tick  # not an exec handle any more: asleep
-        s.send(request(OP_DESTROY, unique=6))
-        assert s.recv().error == 0
-        s.thread.join(10)
-        assert not s.thread.is_alive() and s.error is None
+        s.destroy(6)
     finally:
         s.close()
 
