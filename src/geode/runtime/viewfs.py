@@ -321,6 +321,11 @@ def _shown_mode(node: Node, st: os.stat_result) -> int:
     return st.st_mode
 
 
+def _search_dirs(library_path: Sequence[str]) -> tuple[str, ...]:
+    """The directories of an ``LD_LIBRARY_PATH`` the view follows: absolute ones only."""
+    return tuple(d for d in library_path if d.startswith("/"))
+
+
 def _runtime_picks(found: Sequence[str]) -> list[str]:
     """The ELF interpreter (first, as dependency lists name it) and ``libc.so.6`` of
     ``found``."""
@@ -1668,7 +1673,7 @@ class ViewFS(fuse.Operations):
         first = self._prefetch_job(vpath)
         if first is None:
             return
-        search = tuple(d for d in library_path if d.startswith("/"))
+        search = _search_dirs(library_path)
 
         def run() -> None:
             todo = deque([(vpath, *first)])
@@ -1712,7 +1717,7 @@ class ViewFS(fuse.Operations):
         regular files of at most :data:`STORE_MAX` bytes; in the order ld.so loads them.
         Read from the host files unverified: the list only chooses which files PID 1 serves
         from the sandbox's memory (which it reads through the view, verified)."""
-        search = tuple(d for d in library_path if d.startswith("/"))
+        search = _search_dirs(library_path)
         seen, todo, found = {vpath}, deque([vpath]), []
         while todo:
             path = todo.popleft()
@@ -1743,7 +1748,7 @@ class ViewFS(fuse.Operations):
             return []
         try:
             direct = self._needed_libraries(
-                opened[0], tuple(d for d in library_path if d.startswith("/")))
+                opened[0], _search_dirs(library_path))
         finally:
             os.close(opened[0])
         picked = _runtime_picks(direct)
@@ -1779,10 +1784,9 @@ class ViewFS(fuse.Operations):
             if size > STORE_MAX:
                 return None
             # (the prefetch's result, if it hashed this very file first: once is enough)
-            job = self._take_prefetched(st) if self._prefetched else None
-            if job is not None:
-                digest, blocks = job.digest, job.blocks
-                job.blocks = None
+            taken = self._take_prefetched(st)
+            if taken is not None:
+                digest, blocks = taken
             else:
                 digest, _, blocks = _hash_fd(fd, size, keep=True, table=False)
         except OSError:
@@ -1888,10 +1892,11 @@ class ViewFS(fuse.Operations):
             return vpath
         return normalize_view_path(posixpath.join(parent, ve.target))
 
-    def _take_prefetched(self, st: os.stat_result) -> _Prefetch | None:
-        """The finished prefetch of the host file whose attributes are ``st``, if it is that
-        very file, unchanged."""
-        job = self._prefetched.pop((st.st_dev, st.st_ino), None)
+    def _take_prefetched(self, st: os.stat_result) -> tuple[str, list[bytes]] | None:
+        """The digest and verified bytes the prefetch made of the host file whose attributes
+        are ``st``, if it is that very file, unchanged; taken (the prefetch thread keeps the
+        job a while longer, without them)."""
+        job = self._prefetched.pop((st.st_dev, st.st_ino), None) if self._prefetched else None
         if job is None:
             return None
         if not job.done.is_set():
@@ -1899,7 +1904,8 @@ class ViewFS(fuse.Operations):
                 job.done.wait()
         same = (job.st.st_size, job.st.st_mtime_ns, job.st.st_ctime_ns) == \
             (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        return job if same and job.blocks is not None else None
+        blocks, job.blocks = job.blocks, None
+        return (job.digest, blocks) if same and blocks is not None else None
 
     def _verify(self, node: Node, fd: int) -> None:
         st = os.fstat(fd)
@@ -1907,11 +1913,11 @@ class ViewFS(fuse.Operations):
             raise _fail(errno.EACCES)
         size = st.st_size
         keep = self.store_verified and size <= STORE_MAX
-        job = self._take_prefetched(st) if self._prefetched else None
+        taken = self._take_prefetched(st)
         try:
-            if job is not None:  # (its bytes go into the page cache, as a kept file's)
-                keep, digest, table, blocks = True, job.digest, b"", job.blocks
-                job.blocks = None  # (the prefetch thread keeps the job a while longer)
+            if taken is not None:  # (its bytes go into the page cache, as a kept file's)
+                keep, table = True, b""
+                digest, blocks = taken
             elif size >= THREAD_HASH_MIN:
                 # a big file: other requests are served while it is hashed
                 with self._released():
