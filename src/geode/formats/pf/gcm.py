@@ -32,19 +32,21 @@ TYPE_CHECKING = False
 Buffer = bytes | bytearray | memoryview
 
 
+def _check_size(what: str, buf: Buffer, size: int) -> None:
+    if len(buf) != size:
+        raise ValueError(f"{what} must be {size} bytes, not {len(buf)}")
+
+
 def py_encrypt(key: Buffer, plaintext: Buffer) -> bytes:
     """Ciphertext followed by the 16-byte tag."""
-    if len(key) != KEY_SIZE:
-        raise ValueError(f"key must be {KEY_SIZE} bytes, not {len(key)}")
+    _check_size("key", key, KEY_SIZE)
     return AESGCM(bytes(key)).encrypt(IV, plaintext, None)
 
 
 def py_decrypt(key: Buffer, ciphertext: Buffer, tag: Buffer) -> bytearray | None:
     """The plaintext, or None when ``tag`` does not authenticate ``ciphertext``."""
-    if len(key) != KEY_SIZE:
-        raise ValueError(f"key must be {KEY_SIZE} bytes, not {len(key)}")
-    if len(tag) != TAG_SIZE:
-        raise ValueError(f"tag must be {TAG_SIZE} bytes, not {len(tag)}")
+    _check_size("key", key, KEY_SIZE)
+    _check_size("tag", tag, TAG_SIZE)
     try:
         sealed = bytes(memoryview(ciphertext)) + bytes(memoryview(tag))  # (buffers only)
         return bytearray(AESGCM(bytes(key)).decrypt(IV, sealed, None))
